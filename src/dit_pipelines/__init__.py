@@ -1,0 +1,43 @@
+"""Diffusion Transformers as diffusers models, schedulers and pipelines.
+
+Importing the package registers its classes with diffusers, so that `diffusers.DiffusionPipeline.from_pretrained`
+loads saved `DiTImagePipeline`s (see `_register_with_diffusers`).
+"""
+
+import sys
+
+import diffusers
+
+from .models import DIT_PRESETS, DiTModel
+from .pipelines import DiTImagePipeline
+from .schedulers import DiffusionLoss, DiTDDIMScheduler, DiTDDPMScheduler, GaussianDiffusion, space_timesteps
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DIT_PRESETS",
+    "DiTDDIMScheduler",
+    "DiTDDPMScheduler",
+    "DiTImagePipeline",
+    "DiTModel",
+    "DiffusionLoss",
+    "GaussianDiffusion",
+    "space_timesteps",
+]
+
+
+def _register_with_diffusers() -> None:
+    """Make diffusers' loaders find our classes without `trust_remote_code`.
+
+    - `DiffusionPipeline.from_pretrained` resolves the pipeline class as `getattr(diffusers, _class_name)`;
+    - components are saved as `["dit_pipelines", ClassName]` once their `__module__` is the package itself, and a
+      library visible as `diffusers.pipelines.<name>` is also accepted when loading by Hub repo id
+      (diffusers issue #6563).
+    """
+    for cls in (DiTModel, DiTDDPMScheduler, DiTDDIMScheduler, DiTImagePipeline):
+        cls.__module__ = __name__
+    diffusers.DiTImagePipeline = DiTImagePipeline
+    diffusers.pipelines.dit_pipelines = sys.modules[__name__]
+
+
+_register_with_diffusers()

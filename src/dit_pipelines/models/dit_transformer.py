@@ -1,0 +1,236 @@
+"""`DiTModel`: the class-conditional Diffusion Transformer of Peebles & Xie (2023)."""
+
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from .embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d
+from .presets import preset_config
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x * (1 + scale) + shift, with per-sample shift and scale of shape (N, 1, D)."""
+    return torch.addcmul(shift, x, 1 + scale)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection, through `scaled_dot_product_attention`."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        qkv = self.qkv(x).view(n, t, 3, self.num_heads, d // self.num_heads)  # (N, T, 3, H, Dh)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (N, H, T, Dh)
+        out = F.scaled_dot_product_attention(q, k, v)  # (N, H, T, Dh)
+        return self.proj(out.transpose(1, 2).reshape(n, t, d))
+
+
+class MLP(nn.Module):
+    """The transformer MLP: Linear, GELU (tanh approximation), Linear."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class DiTBlock(nn.Module):
+    """An adaLN-Zero block (DiT §3.2, Fig. 3). `modulation` maps the shared conditioning to shift, scale and gate
+    for the attention and the MLP; with its weights zero, the block is the identity."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, mlp_norm_eps: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=mlp_norm_eps)
+        self.mlp = MLP(hidden_size, int(hidden_size * mlp_ratio))
+        self.modulation = nn.Linear(hidden_size, 6 * hidden_size)
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        # x: (N, T, D) tokens; condition: (N, D), the SiLU of the timestep + class embedding.
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(condition)[:, None].chunk(6, -1)
+        x = torch.addcmul(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
+        x = torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift and scale, no gate), then a linear map of each token to a p x p x C_out patch."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.modulation = nn.Linear(hidden_size, 2 * hidden_size)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.modulation(condition)[:, None].chunk(2, -1)
+        return self.linear(modulate(self.norm(x), shift, scale))  # (N, T, p*p*C_out)
+
+
+class DiTModel(ModelMixin, ConfigMixin):
+    r"""The Diffusion Transformer (DiT) of Peebles & Xie (2023), "Scalable Diffusion Models with Transformers".
+
+    Patchify (a stride-p convolution) and fixed 2D sin-cos positions, then `depth` adaLN-Zero blocks conditioned on
+    ONE shared timestep + class embedding, then a final adaLN layer and unpatchify. Initialised as in the paper, so
+    the output is exactly zero at initialisation.
+
+    Args:
+        sample_size (`int`, defaults to 32): the side of the inputs seen in training (latent pixels). Any height and
+            width divisible by `patch_size` are accepted; positions are computed for the input's patch grid.
+        patch_size (`int`, defaults to 2): side of the square patches (tokens = H*W / p²).
+        in_channels (`int`, defaults to 4): input channels (4 for Stable Diffusion VAE latents).
+        hidden_size (`int`, defaults to 1152), depth (`int`, defaults to 28), num_heads (`int`, defaults to 16):
+            transformer width, number of blocks, attention heads.
+        mlp_ratio (`float`, defaults to 4.0): MLP hidden width over `hidden_size`.
+        class_dropout_prob (`float`, defaults to 0.1): probability, per training sample, of replacing the label by
+            the null class (classifier-free guidance). With 0 there is no null class and no guidance.
+        num_classes (`int`, defaults to 1000): number of classes (the null class is extra).
+        learn_sigma (`bool`, defaults to `True`): predict the variance too (Improved DDPM); the output then has
+            `2 * in_channels` channels: the prediction, then the variance interpolation values.
+        timestep_freq_shift (`float`, defaults to 0.0): frequency shift of the timestep features; 0 is the original
+            DiT, 1 reproduces diffusers' `DiTTransformer2DModel`.
+        mlp_norm_eps (`float`, defaults to 1e-6): epsilon of the LayerNorm before each MLP; 1e-6 in the original
+            DiT, 1e-5 in diffusers' `DiTTransformer2DModel`.
+
+    Example:
+        >>> import torch
+        >>> from dit_pipelines import DiTModel
+        >>> model = DiTModel.from_preset("DiT-S/8", sample_size=16, num_classes=10)
+        >>> out = model(torch.randn(2, 4, 16, 16), timestep=torch.tensor([10, 500]), class_labels=torch.tensor([3, 7]))
+        >>> out.sample.shape  # learned sigma: 2 x 4 channels
+        torch.Size([2, 8, 16, 16])
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["DiTBlock"]
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 4,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        class_dropout_prob: float = 0.1,
+        num_classes: int = 1000,
+        learn_sigma: bool = True,
+        timestep_freq_shift: float = 0.0,
+        mlp_norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads}).")
+        if sample_size % patch_size:
+            raise ValueError(f"sample_size ({sample_size}) must be divisible by patch_size ({patch_size}).")
+        if hidden_size % 4:
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by 4 for the 2D sin-cos positions.")
+        self.out_channels = 2 * in_channels if learn_sigma else in_channels
+        self.gradient_checkpointing = False
+
+        self.patch_embed = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+        # The fixed sin-cos table of the training grid, a frozen parameter as in the original DiT (whose published
+        # parameter counts include it); other grids get theirs computed in `forward`.
+        grid = sample_size // patch_size
+        self.pos_embed = nn.Parameter(sincos_2d(hidden_size, grid, grid)[None], requires_grad=False)  # (1, T, D)
+        self.timestep_embedder = TimestepEmbedder(hidden_size, freq_shift=timestep_freq_shift)
+        self.class_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, mlp_norm_eps) for _ in range(depth))
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.initialize_weights()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "DiTModel":
+        """A randomly initialised model of preset `name` (see `DIT_PRESETS`), e.g. `DiTModel.from_preset("DiT-XL/2")`;
+        keyword arguments override the preset and the defaults (`sample_size`, `num_classes`, ...)."""
+        return cls(**{**preset_config(name), **overrides})
+
+    @property
+    def has_null_class(self) -> bool:
+        """Whether the class table has the null class used by classifier-free guidance."""
+        return self.class_embedder.has_null_class
+
+    def initialize_weights(self) -> None:
+        """DiT initialisation (Peebles & Xie, §3.2 and their reference code)."""
+        # Transformer linears: xavier-uniform weights, zero biases.
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        # Patchify like a linear layer on flattened patches.
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.weight.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        # Label table and timestep MLP: normal(0, 0.02).
+        nn.init.normal_(self.class_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.timestep_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.timestep_embedder.mlp[2].weight, std=0.02)
+        # adaLN-Zero: every block starts as the identity ...
+        for block in self.blocks:
+            nn.init.zeros_(block.modulation.weight)
+            nn.init.zeros_(block.modulation.bias)
+        # ... and the output layer at zero, so the initial prediction is exactly zero.
+        for layer in (self.final_layer.modulation, self.final_layer.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def positions(self, grid_height: int, grid_width: int) -> torch.Tensor:
+        """The (1, T, D) position table for a `grid_height` x `grid_width` patch grid."""
+        training_grid = self.config.sample_size // self.config.patch_size
+        if grid_height == grid_width == training_grid:
+            return self.pos_embed
+        table = sincos_2d(self.config.hidden_size, grid_height, grid_width)
+        return table[None].to(self.pos_embed.device)
+
+    def condition(self, timestep: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        """The shared conditioning SiLU(t_emb + y_emb) of shape (N, D) fed to every adaLN modulation."""
+        return F.silu(self.timestep_embedder(timestep) + self.class_embedder(class_labels))
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: Union[torch.Tensor, float, int],
+        class_labels: torch.Tensor,
+        return_dict: bool = True,
+    ) -> Union[Transformer2DModelOutput, tuple]:
+        """Predict from noisy `sample` (N, C, H, W) at `timestep` (scalar or (N,)) for `class_labels` (N,) (index
+        `num_classes` is the null class). Returns (N, C_out, H, W) in a `Transformer2DModelOutput`, or a
+        1-tuple if `return_dict=False`."""
+        n, _, height, width = sample.shape
+        p = self.config.patch_size
+        if height % p or width % p:
+            raise ValueError(f"Height and width ({height}x{width}) must be divisible by the patch size {p}.")
+        grid_h, grid_w = height // p, width // p
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(n)
+
+        x = self.patch_embed(sample).flatten(2).transpose(1, 2)  # (N, T, D), T = grid_h * grid_w
+        x = x + self.positions(grid_h, grid_w).to(x.dtype)
+        c = self.condition(timestep, class_labels).to(x.dtype)  # (N, D)
+        for block in self.blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                x = self._gradient_checkpointing_func(block, x, c)
+            else:
+                x = block(x, c)
+        x = self.final_layer(x, c)  # (N, T, p*p*C_out)
+
+        # Unpatchify: (N, h, w, p, q, C) -> (N, C, h*p, w*q).
+        x = x.reshape(n, grid_h, grid_w, p, p, self.out_channels)
+        output = torch.einsum("nhwpqc->nchpwq", x).reshape(n, self.out_channels, height, width)
+        if not return_dict:
+            return (output,)
+        return Transformer2DModelOutput(sample=output)

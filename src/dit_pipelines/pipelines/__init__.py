@@ -1,0 +1,3 @@
+from .pipeline_dit_image import DiTImagePipeline
+
+__all__ = ["DiTImagePipeline"]

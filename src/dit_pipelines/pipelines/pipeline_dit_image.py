@@ -1,0 +1,236 @@
+"""`DiTImagePipeline`: class-conditional image generation with a DiT, in pixel space or on VAE latents."""
+
+import inspect
+from typing import Callable, Dict, List, Optional, Union
+
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..models import DiTModel
+from ..schedulers import RespacedDiffusionScheduler
+
+ClassLabels = Union[int, str, List[Union[int, str]], torch.Tensor]
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+DEFAULT_NUM_INFERENCE_STEPS = 50  # for schedulers without a configured respacing
+
+
+def guide(model_output: torch.Tensor, scale: float, channels: int, guidance_channels: Optional[int] = None):
+    """Classifier-free guidance (Ho & Salimans, 2022) on a doubled batch [conditional; unconditional]:
+    pred = uncond + scale * (cond - uncond) on the first `guidance_channels` prediction channels (all `channels` by
+    default; the original DiT guides 3 of 4), the conditional prediction on the others, and the variance channels
+    (if any) of the conditional half. Returns the conditional half, (N/2, C_out, H, W)."""
+    conditional, unconditional = model_output.chunk(2)
+    g = channels if guidance_channels is None else guidance_channels
+    guided = unconditional[:, :g] + scale * (conditional[:, :g] - unconditional[:, :g])
+    return torch.cat([guided, conditional[:, g:]], dim=1)
+
+
+class DiTImagePipeline(DiffusionPipeline):
+    r"""Class-conditional generation with a Diffusion Transformer (Peebles & Xie, 2023).
+
+    Components:
+        transformer ([`DiTModel`]): the class-conditional DiT.
+        scheduler: [`DiTDDPMScheduler`] / [`DiTDDIMScheduler`] (learned variances, respacing) or any diffusers
+            scheduler (for example `DPMSolverMultistepScheduler`), which is given the prediction channels only
+            unless its `variance_type` is a learned one.
+        vae ([`AutoencoderKL`], *optional*): decodes latents to images; without it the DiT works in pixel space.
+        id2label (`dict`, *optional*): class index -> name; several names may be separated by commas
+            ("tench, Tinca tinca"). Saved in `model_index.json`.
+
+    Example:
+        >>> import torch
+        >>> from dit_pipelines import DiTDDPMScheduler, DiTImagePipeline, DiTModel
+        >>> model = DiTModel.from_preset("DiT-S/4", sample_size=8, in_channels=3, num_classes=2)
+        >>> pipe = DiTImagePipeline(model, DiTDDPMScheduler(), id2label={0: "cat", 1: "dog"})
+        >>> images = pipe(["dog", "cat"], num_inference_steps=5, generator=torch.manual_seed(0)).images
+        >>> len(images), images[0].size
+        (2, (8, 8))
+    """
+
+    model_cpu_offload_seq = "transformer->vae"
+    _optional_components = ["vae"]
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        transformer: DiTModel,
+        scheduler,
+        vae: Optional[AutoencoderKL] = None,
+        id2label: Optional[Dict[Union[int, str], str]] = None,
+    ):
+        super().__init__()
+        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
+        id2label = {int(k): v for k, v in (id2label or {}).items()}
+        self.register_to_config(id2label={str(k): v for k, v in sorted(id2label.items())} if id2label else None)
+        self.id2label = id2label
+        # name -> index, each comma-separated synonym, compared without case or surrounding spaces
+        self.labels = {name.strip().lower(): k for k, names in id2label.items() for name in names.split(",")}
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    def get_label_ids(self, label: Union[str, List[str]]) -> List[int]:
+        """Class indices of one class name or a list of them (names from `id2label`, case-insensitive)."""
+        names = [label] if isinstance(label, str) else list(label)
+        unknown = [n for n in names if n.strip().lower() not in self.labels]
+        if unknown:
+            known = ", ".join(sorted(self.labels)[:20]) + (", ..." if len(self.labels) > 20 else "")
+            raise ValueError(f"Unknown class name(s) {unknown}; known names: {known or 'none (no id2label)'}.")
+        return [self.labels[n.strip().lower()] for n in names]
+
+    def _class_ids(self, class_labels: ClassLabels) -> List[int]:
+        if isinstance(class_labels, torch.Tensor):
+            class_labels = class_labels.reshape(-1).tolist()
+        elif isinstance(class_labels, (int, str)):
+            class_labels = [class_labels]
+        ids = [self.get_label_ids(c)[0] if isinstance(c, str) else int(c) for c in class_labels]
+        num_classes = self.transformer.config.num_classes
+        bad = [i for i in ids if not 0 <= i < num_classes]
+        if not ids or bad:
+            raise ValueError(f"Class labels must be in [0, {num_classes - 1}], got {ids if not ids else bad}.")
+        return ids
+
+    def _uses_learned_variance(self) -> bool:
+        return getattr(self.scheduler.config, "variance_type", None) in ("learned", "learned_range")
+
+    def check_inputs(self, height, width, guidance_scale, output_type, latents, shape, callback_tensor_inputs):
+        factor = self.vae_scale_factor * self.transformer.config.patch_size
+        if height % factor or width % factor:
+            raise ValueError(
+                f"height and width must be divisible by {factor} (VAE factor {self.vae_scale_factor} x patch size "
+                f"{self.transformer.config.patch_size}), got {height}x{width}."
+            )
+        if guidance_scale > 1 and not self.transformer.has_null_class:
+            raise ValueError(
+                f"guidance_scale={guidance_scale} needs classifier-free guidance, but the transformer was trained "
+                "without a null class (class_dropout_prob=0); use guidance_scale <= 1."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}.")
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
+        unknown = set(callback_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may only contain {self._callback_tensor_inputs}.")
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` in a step-end callback to stop after that step."""
+        return getattr(self, "_interrupt", False)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: ClassLabels,
+        guidance_scale: float = 4.0,
+        num_inference_steps: Optional[int] = None,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        latents: Optional[torch.Tensor] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        eta: float = 0.0,
+        num_images_per_prompt: int = 1,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Union[Callable, PipelineCallback, MultiPipelineCallbacks]] = None,
+        callback_on_step_end_tensor_inputs: List[str] = ("latents",),
+        guidance_channels: Optional[int] = None,
+    ):
+        r"""Generate images of the given classes.
+
+        Args:
+            class_labels (`int`, `str`, list of them, or `torch.Tensor`): classes, as indices or names of `id2label`.
+            guidance_scale (`float`, defaults to 4.0): classifier-free guidance scale; <= 1 turns guidance off.
+            num_inference_steps (`int`, *optional*): sampling steps. Defaults to the scheduler's
+                `timestep_respacing` if it has one (e.g. DiT's "250"), else 50.
+            generator (`torch.Generator`, *optional*): for the initial latents and the sampling noise.
+            latents (`torch.Tensor`, *optional*): initial noise of shape (N, C, height/f, width/f), N = number of
+                labels x `num_images_per_prompt`.
+            height, width (`int`, *optional*): image size in pixels; defaults to the model's `sample_size` times the
+                VAE factor. Must be divisible by the VAE factor times the patch size.
+            eta (`float`, defaults to 0.0): DDIM's eta, passed to schedulers whose `step` takes it.
+            num_images_per_prompt (`int`, defaults to 1): images per class label.
+            output_type (`str`, defaults to "pil"): "pil", "np" (N, H, W, C) in [0, 1], "pt" (N, C, H, W) in [0, 1],
+                or "latent" (the final latents, undecoded).
+            return_dict (`bool`, defaults to `True`): return an `ImagePipelineOutput` rather than a tuple.
+            callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, i, t, callback_kwargs)` after
+                each step; may return `{"latents": ...}` to replace them.
+            callback_on_step_end_tensor_inputs (`list`, defaults to `["latents"]`): tensors in `callback_kwargs`.
+            guidance_channels (`int`, *optional*): guide only the first k prediction channels; 3 reproduces the
+                original DiT's sampling (it guides 3 of 4 latent channels).
+
+        Returns:
+            `ImagePipelineOutput` with `images`, or the tuple `(images,)`.
+
+        Example:
+            >>> from diffusers import DiffusionPipeline
+            >>> import dit_pipelines  # registers the DiT classes with diffusers
+            >>> pipe = DiffusionPipeline.from_pretrained("path/to/saved/pipeline")  # doctest: +SKIP
+            >>> pipe("golden retriever", num_inference_steps=250).images[0].save("dog.png")  # doctest: +SKIP
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        ids = [i for i in self._class_ids(class_labels) for _ in range(num_images_per_prompt)]
+        config = self.transformer.config
+        height = height or config.sample_size * self.vae_scale_factor
+        width = width or config.sample_size * self.vae_scale_factor
+        shape = (len(ids), config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        self.check_inputs(height, width, guidance_scale, output_type, latents, shape, callback_on_step_end_tensor_inputs)
+        self._interrupt = False
+        device = self._execution_device
+        dtype = self.transformer.dtype
+        do_guidance = guidance_scale > 1
+
+        # 1. The sampling chain and the initial noise.
+        if num_inference_steps is None and not isinstance(self.scheduler, RespacedDiffusionScheduler):
+            num_inference_steps = DEFAULT_NUM_INFERENCE_STEPS
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+
+        # 2. Labels, with the null class appended for the unconditional half.
+        labels = torch.tensor(ids, device=device)
+        if do_guidance:
+            labels = torch.cat([labels, torch.full_like(labels, config.num_classes)])
+        step_kwargs = {}
+        step_parameters = inspect.signature(self.scheduler.step).parameters
+        if "eta" in step_parameters:
+            step_kwargs["eta"] = eta
+        if "generator" in step_parameters:
+            step_kwargs["generator"] = generator
+        channels = config.in_channels if not self._uses_learned_variance() else None
+
+        # 3. Denoise.
+        timesteps = self.scheduler.timesteps
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            if self.interrupt:
+                break
+            model_input = torch.cat([latents, latents]) if do_guidance else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            model_output = self.transformer(model_input, timestep=t, class_labels=labels).sample
+            if do_guidance:
+                model_output = guide(model_output, guidance_scale, config.in_channels, guidance_channels)
+            latents = self.scheduler.step(model_output[:, :channels], t, latents, **step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                callback_kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                latents = callback_outputs.pop("latents", latents)
+
+        # 4. Decode.
+        if output_type == "latent":
+            images = latents
+        else:
+            if self.vae is not None:
+                vae_config = self.vae.config
+                latents = latents / vae_config.scaling_factor + (getattr(vae_config, "shift_factor", None) or 0.0)
+                images = self.vae.decode(latents.to(self.vae.dtype)).sample
+            else:
+                images = latents
+            images = self.image_processor.postprocess(images.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)

@@ -1,0 +1,20 @@
+from .gaussian_diffusion import GaussianDiffusion, make_betas, space_timesteps, spaced_timesteps
+from .losses import DiffusionLoss, diffusion_loss, discretized_gaussian_log_likelihood, normal_kl, vlb_term
+from .scheduling_base import RespacedDiffusionScheduler
+from .scheduling_ddim import DiTDDIMScheduler
+from .scheduling_ddpm import DiTDDPMScheduler
+
+__all__ = [
+    "DiffusionLoss",
+    "diffusion_loss",
+    "discretized_gaussian_log_likelihood",
+    "normal_kl",
+    "vlb_term",
+    "DiTDDIMScheduler",
+    "DiTDDPMScheduler",
+    "GaussianDiffusion",
+    "RespacedDiffusionScheduler",
+    "make_betas",
+    "space_timesteps",
+    "spaced_timesteps",
+]
