@@ -215,7 +215,8 @@ class DiTImagePipeline(DiffusionPipeline):
                 model_output = guide(model_output, guidance_scale, config.in_channels, guidance_channels)
             latents = self.scheduler.step(model_output[:, :channels], t, latents, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
-                callback_kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                tensors = {"latents": latents}
+                callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
                 callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
                 latents = callback_outputs.pop("latents", latents)
 

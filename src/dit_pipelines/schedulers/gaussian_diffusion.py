@@ -87,14 +87,15 @@ def spaced_timesteps(
     num_train_timesteps: int, num_inference_steps: int, timestep_spacing: str = "linspace", steps_offset: int = 0
 ) -> List[int]:
     """`num_inference_steps` of `num_train_timesteps` timesteps chosen as diffusers does (Lin et al., 2023,
-    Table 2), sorted ascending. "linspace" equals the respacing `str(num_inference_steps)` of Improved DDPM."""
+    Table 2), sorted ascending. "linspace" is Improved DDPM's respacing `str(num_inference_steps)` up to how halves
+    are rounded (the two agree for DiT's 250 steps)."""
     if not 1 <= num_inference_steps <= num_train_timesteps:
         raise ValueError(
             f"num_inference_steps must be between 1 and num_train_timesteps={num_train_timesteps}, "
             f"got {num_inference_steps}."
         )
     if timestep_spacing == "linspace":
-        return space_timesteps(num_train_timesteps, str(num_inference_steps))
+        return [int(t) for t in np.linspace(0, num_train_timesteps - 1, num_inference_steps).round()]
     if timestep_spacing == "leading":
         ratio = num_train_timesteps // num_inference_steps
         return [i * ratio + steps_offset for i in range(num_inference_steps)]

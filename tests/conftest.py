@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+from dit_pipelines import DiTModel
+
+
+def randomize_(module: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torch.nn.Module:
+    """Fill every trainable parameter with noise, so zero-initialised layers do not hide mistakes."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return module
+
+
+@pytest.fixture
+def tiny_dit():
+    """A factory of tiny DiTs (2 blocks, width 32), randomised unless `random=False`."""
+
+    def make(random: bool = True, **overrides) -> DiTModel:
+        config = dict(sample_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=4, num_classes=10)
+        config.update(overrides)
+        torch.manual_seed(0)
+        model = DiTModel(**config).eval()
+        return randomize_(model) if random else model
+
+    return make
