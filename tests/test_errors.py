@@ -102,3 +102,10 @@ def test_unknown_output_type(pipe):
 def test_latents_of_the_wrong_shape(pipe):
     with pytest.raises(ValueError, match=r"latents must have shape \(2, 4, 8, 8\)"):
         pipe([1, 2], latents=torch.zeros(1, 4, 8, 8), num_inference_steps=1)
+
+
+def test_guidance_channels_and_images_per_prompt_out_of_range(pipe):
+    with pytest.raises(ValueError, match="guidance_channels must be between 1 and 4, got 5"):
+        pipe(1, guidance_channels=5, num_inference_steps=1)
+    with pytest.raises(ValueError, match="num_images_per_prompt must be at least 1, got 0"):
+        pipe(1, num_images_per_prompt=0, num_inference_steps=1)

@@ -63,6 +63,11 @@ def test_vae_decoding_uses_its_scaling_factor(latent_pipe):
     assert latent_pipe.scheduler.num_inference_steps == 4  # the scheduler's configured respacing
 
 
+def test_default_number_of_steps_without_a_configured_respacing(pixel_pipe):
+    pixel_pipe(1, output_type="latent", generator=torch.manual_seed(0))
+    assert pixel_pipe.scheduler.num_inference_steps == 50
+
+
 def test_names_indices_and_images_per_prompt(pixel_pipe):
     by_name = pixel_pipe(["Digit 3", "number 7"], num_inference_steps=2, output_type="pt",
                          num_images_per_prompt=2, generator=torch.manual_seed(0)).images

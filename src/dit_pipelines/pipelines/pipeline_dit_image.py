@@ -10,11 +10,10 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..models import DiTModel
-from ..schedulers import RespacedDiffusionScheduler
 
 ClassLabels = Union[int, str, List[Union[int, str]], torch.Tensor]
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-DEFAULT_NUM_INFERENCE_STEPS = 50  # for schedulers without a configured respacing
+DEFAULT_NUM_INFERENCE_STEPS = 50  # when the scheduler has no configured respacing
 
 
 def guide(model_output: torch.Tensor, scale: float, channels: int, guidance_channels: Optional[int] = None):
@@ -95,7 +94,10 @@ class DiTImagePipeline(DiffusionPipeline):
     def _uses_learned_variance(self) -> bool:
         return getattr(self.scheduler.config, "variance_type", None) in ("learned", "learned_range")
 
-    def check_inputs(self, height, width, guidance_scale, output_type, latents, shape, callback_tensor_inputs):
+    def check_inputs(
+        self, height, width, guidance_scale, guidance_channels, num_images_per_prompt, output_type, latents, shape,
+        callback_tensor_inputs,
+    ):
         factor = self.vae_scale_factor * self.transformer.config.patch_size
         if height % factor or width % factor:
             raise ValueError(
@@ -107,6 +109,11 @@ class DiTImagePipeline(DiffusionPipeline):
                 f"guidance_scale={guidance_scale} needs classifier-free guidance, but the transformer was trained "
                 "without a null class (class_dropout_prob=0); use guidance_scale <= 1."
             )
+        channels = self.transformer.config.in_channels
+        if guidance_channels is not None and not 1 <= guidance_channels <= channels:
+            raise ValueError(f"guidance_channels must be between 1 and {channels}, got {guidance_channels}.")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}.")
         if latents is not None and tuple(latents.shape) != shape:
@@ -177,14 +184,17 @@ class DiTImagePipeline(DiffusionPipeline):
         height = height or config.sample_size * self.vae_scale_factor
         width = width or config.sample_size * self.vae_scale_factor
         shape = (len(ids), config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        self.check_inputs(height, width, guidance_scale, output_type, latents, shape, callback_on_step_end_tensor_inputs)
+        self.check_inputs(
+            height, width, guidance_scale, guidance_channels, num_images_per_prompt, output_type, latents, shape,
+            callback_on_step_end_tensor_inputs,
+        )
         self._interrupt = False
         device = self._execution_device
         dtype = self.transformer.dtype
         do_guidance = guidance_scale > 1
 
         # 1. The sampling chain and the initial noise.
-        if num_inference_steps is None and not isinstance(self.scheduler, RespacedDiffusionScheduler):
+        if num_inference_steps is None and getattr(self.scheduler.config, "timestep_respacing", None) is None:
             num_inference_steps = DEFAULT_NUM_INFERENCE_STEPS
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         if latents is None:
@@ -201,7 +211,8 @@ class DiTImagePipeline(DiffusionPipeline):
             step_kwargs["eta"] = eta
         if "generator" in step_parameters:
             step_kwargs["generator"] = generator
-        channels = config.in_channels if not self._uses_learned_variance() else None
+        # Schedulers with a learned variance take all channels; the others the prediction only.
+        step_channels = None if self._uses_learned_variance() else config.in_channels
 
         # 3. Denoise.
         timesteps = self.scheduler.timesteps
@@ -213,7 +224,7 @@ class DiTImagePipeline(DiffusionPipeline):
             model_output = self.transformer(model_input, timestep=t, class_labels=labels).sample
             if do_guidance:
                 model_output = guide(model_output, guidance_scale, config.in_channels, guidance_channels)
-            latents = self.scheduler.step(model_output[:, :channels], t, latents, **step_kwargs).prev_sample
+            latents = self.scheduler.step(model_output[:, :step_channels], t, latents, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 tensors = {"latents": latents}
                 callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
