@@ -109,3 +109,15 @@ def test_guidance_channels_and_images_per_prompt_out_of_range(pipe):
         pipe(1, guidance_channels=5, num_inference_steps=1)
     with pytest.raises(ValueError, match="num_images_per_prompt must be at least 1, got 0"):
         pipe(1, num_images_per_prompt=0, num_inference_steps=1)
+
+
+def test_ambiguous_class_name(tiny_dit):
+    pipe = DiTImagePipeline(tiny_dit(in_channels=3), DiTDDPMScheduler(), id2label={0: "crane", 1: "crane, bird"})
+    with pytest.raises(ValueError, match=r"Class name 'crane' is ambiguous \(classes \[0, 1\]\); pass the class index"):
+        pipe("crane", num_inference_steps=1)
+    assert pipe.get_label_ids("bird") == [1]
+
+
+def test_generator_list_of_the_wrong_length(pipe):
+    with pytest.raises(ValueError, match="Got 1 generators for 2 images"):
+        pipe([1, 2], generator=[torch.Generator()], num_inference_steps=1)

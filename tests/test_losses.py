@@ -114,3 +114,16 @@ def test_vlb_weight_scales_with_the_number_of_training_steps():
     out = torch.cat([noise * 0.9, torch.zeros_like(noise)], 1)
     losses = DiTDDPMScheduler(num_train_timesteps=100).training_loss(out, x0, noise, t, vlb_weight=0.01)
     torch.testing.assert_close(losses.loss, losses.mse + 0.01 * 100 * losses.vlb)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_hybrid_loss_in_half_precision(dtype):
+    scheduler = DiTDDPMScheduler()
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(3, 2, 4, 4, generator=g) * 2 - 1, torch.randn(3, 2, 4, 4, generator=g)
+    out = torch.cat([noise + 0.1 * torch.randn(3, 2, 4, 4, generator=g), torch.zeros(3, 2, 4, 4)], 1)
+    t = torch.tensor([0, 20, 600])
+    full = scheduler.training_loss(out, x0, noise, t)
+    half = scheduler.training_loss(out.to(dtype), x0.to(dtype), noise.to(dtype), t)
+    assert half.loss.dtype == dtype and torch.isfinite(half.loss).all()
+    torch.testing.assert_close(half.loss.float(), full.loss, rtol=0.05, atol=0.05)

@@ -98,10 +98,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_dit):
     grads = []
     for checkpointing in (False, True):
         model = tiny_dit()
+        calls = []
         if checkpointing:
-            model.enable_gradient_checkpointing()
+            model.enable_gradient_checkpointing(
+                lambda block, *args: calls.append(block) or torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+            )
         model(x, t, y).sample.square().mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        assert len(calls) == (2 if checkpointing else 0)  # every block goes through the checkpoint function
     torch.testing.assert_close(grads[0], grads[1])
 
 

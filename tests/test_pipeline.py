@@ -103,15 +103,54 @@ def test_guidance_changes_samples_and_scale_one_means_no_guidance(pixel_pipe):
     assert calls == [1] * 3 + [2] * 3  # the doubled batch only with guidance
 
 
-@pytest.mark.parametrize("scheduler", [
-    DiTDDIMScheduler(), DPMSolverMultistepScheduler(), DDPMScheduler(variance_type="learned_range"),
-    DiTDDPMScheduler(variance_type="fixed_large"),
+@pytest.mark.parametrize("scheduler, channels_given", [
+    (DiTDDPMScheduler(), 8),
+    (DiTDDPMScheduler(variance_type="fixed_large"), 4),
+    (DiTDDIMScheduler(), 4),
+    (DDPMScheduler(variance_type="learned_range"), 8),
+    (DPMSolverMultistepScheduler(), 4),
 ])
-def test_works_with_other_schedulers(pixel_pipe, scheduler):
-    pipe = DiTImagePipeline(pixel_pipe.transformer, scheduler)
+def test_variance_channels_go_only_to_schedulers_that_sample_with_them(latent_pipe, scheduler, channels_given):
+    pipe = DiTImagePipeline(latent_pipe.transformer, scheduler, vae=latent_pipe.vae)
     pipe.set_progress_bar_config(disable=True)
+    given = []
+    step = scheduler.step
+    scheduler.step = lambda model_output, *args, **kwargs: given.append(model_output.shape[1]) or step(
+        model_output, *args, **kwargs
+    )
     images = pipe([0, 1], num_inference_steps=4, output_type="np", generator=torch.manual_seed(0)).images
-    assert images.shape == (2, 8, 8, 3) and np.isfinite(images).all()
+    assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
+    assert given == [channels_given] * 4
+
+
+def test_half_precision_transformer_keeps_the_chain_in_float32(latent_pipe):
+    reference = latent_pipe(2, output_type="latent", generator=torch.manual_seed(0)).images
+    latent_pipe.transformer.to(torch.bfloat16)
+    seen = []
+    images = latent_pipe(2, output_type="latent", generator=torch.manual_seed(0),
+                         callback_on_step_end=lambda p, i, t, kw: seen.append(kw["latents"].dtype) or {}).images
+    assert set(seen) == {torch.float32} and images.dtype == torch.float32
+    assert (images - reference).abs().max() < 0.1 * reference.abs().max()
+
+
+def test_generator_lists_are_one_per_image(pixel_pipe):
+    generators = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    pair = pixel_pipe([3, 3], num_inference_steps=2, output_type="pt", generator=generators).images
+    alone = pixel_pipe(3, num_inference_steps=2, output_type="pt", generator=[torch.Generator().manual_seed(2)]).images
+    assert not torch.allclose(pair[0], pair[1])
+    torch.testing.assert_close(pair[1:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_callbacks_can_read_and_change_the_guidance_scale(pixel_pipe):
+    scales = []
+
+    def cutoff(pipe, i, t, kwargs):
+        scales.append(pipe.guidance_scale)
+        pipe._guidance_scale = 1.0  # diffusers' CFG cut-off callbacks do this
+        return {}
+
+    pixel_pipe(1, guidance_scale=5.0, num_inference_steps=3, output_type="pt", callback_on_step_end=cutoff)
+    assert scales == [5.0, 1.0, 1.0] and pixel_pipe.num_timesteps == 3
 
 
 def test_ddim_eta_is_passed_to_the_scheduler(pixel_pipe):

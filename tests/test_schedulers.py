@@ -202,3 +202,15 @@ def test_scale_model_input_and_init_noise_sigma():
     scheduler = DiTDDIMScheduler()
     x = torch.randn(2, 3)
     assert scheduler.scale_model_input(x, 10) is x and scheduler.init_noise_sigma == 1.0
+
+
+def test_diffusers_schedulers_made_from_our_config_keep_dits_settings():
+    theirs = DDPMScheduler.from_config(DiTDDPMScheduler().config)
+    assert theirs.config.variance_type == "learned_range" and theirs.config.clip_sample is False
+    assert theirs.config.timestep_spacing == "linspace"
+
+
+def test_schedule_constants_follow_the_sample_device():
+    diffusion = GaussianDiffusion(make_betas("linear", 10))
+    x = torch.empty(2, 3, device="meta")
+    assert diffusion.q_sample(x, x, torch.tensor([1, 2])).device.type == "meta"

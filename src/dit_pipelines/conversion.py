@@ -158,10 +158,12 @@ def dit_to_diffusers_state_dict(state_dict: Mapping[str, torch.Tensor], depth: i
 
 
 def dit_from_diffusers(transformer: DiTTransformer2DModel) -> DiTModel:
-    """A `DiTModel` computing what a diffusers `DiTTransformer2DModel` computes (same outputs, float32 < 1e-5).
+    """A `DiTModel` computing what a diffusers `DiTTransformer2DModel` computes at its `sample_size` (same outputs,
+    float32 < 1e-5).
 
     It keeps diffusers' two differences from the original DiT: timestep frequencies with shift 1 and
-    LayerNorm eps 1e-5 before the MLP."""
+    LayerNorm eps 1e-5 before the MLP. At other sizes the two differ: diffusers squeezes the positions of a larger
+    grid into the training grid's range, `DiTModel` (like the original) continues them."""
     c = transformer.config
     unsupported = {
         "norm_type": (c.norm_type, "ada_norm_zero"),

@@ -14,6 +14,10 @@ from ..models import DiTModel
 ClassLabels = Union[int, str, List[Union[int, str]], torch.Tensor]
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DEFAULT_NUM_INFERENCE_STEPS = 50  # when the scheduler has no configured respacing
+# Schedulers whose `step` samples with a learned variance from 2C-channel outputs; the others get the C prediction
+# channels. (diffusers' DPM-Solvers with variance_type="learned_range" keep the first 3 channels of any output, for
+# pixel-space models: use them with the default variance_type on 4-channel latents.)
+VARIANCE_SCHEDULERS = ("DiTDDPMScheduler", "DDPMScheduler", "DDPMParallelScheduler")
 
 
 def guide(model_output: torch.Tensor, scale: float, channels: int, guidance_channels: Optional[int] = None):
@@ -65,8 +69,11 @@ class DiTImagePipeline(DiffusionPipeline):
         id2label = {int(k): v for k, v in (id2label or {}).items()}
         self.register_to_config(id2label={str(k): v for k, v in sorted(id2label.items())} if id2label else None)
         self.id2label = id2label
-        # name -> index, each comma-separated synonym, compared without case or surrounding spaces
-        self.labels = {name.strip().lower(): k for k, names in id2label.items() for name in names.split(",")}
+        # name -> indices, each comma-separated synonym, compared without case or surrounding spaces
+        self.labels: Dict[str, List[int]] = {}
+        for k, names in id2label.items():
+            for name in names.split(","):
+                self.labels.setdefault(name.strip().lower(), []).append(k)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
@@ -77,7 +84,11 @@ class DiTImagePipeline(DiffusionPipeline):
         if unknown:
             known = ", ".join(sorted(self.labels)[:20]) + (", ..." if len(self.labels) > 20 else "")
             raise ValueError(f"Unknown class name(s) {unknown}; known names: {known or 'none (no id2label)'}.")
-        return [self.labels[n.strip().lower()] for n in names]
+        ids = [self.labels[n.strip().lower()] for n in names]
+        for name, matches in zip(names, ids):
+            if len(matches) > 1:
+                raise ValueError(f"Class name {name!r} is ambiguous (classes {matches}); pass the class index.")
+        return [matches[0] for matches in ids]
 
     def _class_ids(self, class_labels: ClassLabels) -> List[int]:
         if isinstance(class_labels, torch.Tensor):
@@ -92,11 +103,12 @@ class DiTImagePipeline(DiffusionPipeline):
         return ids
 
     def _uses_learned_variance(self) -> bool:
-        return getattr(self.scheduler.config, "variance_type", None) in ("learned", "learned_range")
+        variance_type = getattr(self.scheduler.config, "variance_type", None)
+        return type(self.scheduler).__name__ in VARIANCE_SCHEDULERS and variance_type in ("learned", "learned_range")
 
     def check_inputs(
         self, height, width, guidance_scale, guidance_channels, num_images_per_prompt, output_type, latents, shape,
-        callback_tensor_inputs,
+        generator, callback_tensor_inputs,
     ):
         factor = self.vae_scale_factor * self.transformer.config.patch_size
         if height % factor or width % factor:
@@ -118,6 +130,8 @@ class DiTImagePipeline(DiffusionPipeline):
             raise ValueError(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}.")
         if latents is not None and tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
+        if isinstance(generator, list) and len(generator) != shape[0]:
+            raise ValueError(f"Got {len(generator)} generators for {shape[0]} images; pass one, or one per image.")
         unknown = set(callback_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs may only contain {self._callback_tensor_inputs}.")
@@ -126,6 +140,19 @@ class DiTImagePipeline(DiffusionPipeline):
     def interrupt(self) -> bool:
         """Set `pipe._interrupt = True` in a step-end callback to stop after that step."""
         return getattr(self, "_interrupt", False)
+
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance scale of the current call (callbacks may change `pipe._guidance_scale`)."""
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
 
     @torch.no_grad()
     def __call__(
@@ -186,20 +213,23 @@ class DiTImagePipeline(DiffusionPipeline):
         shape = (len(ids), config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         self.check_inputs(
             height, width, guidance_scale, guidance_channels, num_images_per_prompt, output_type, latents, shape,
-            callback_on_step_end_tensor_inputs,
+            generator, callback_on_step_end_tensor_inputs,
         )
         self._interrupt = False
+        self._guidance_scale = guidance_scale
         device = self._execution_device
-        dtype = self.transformer.dtype
-        do_guidance = guidance_scale > 1
+        do_guidance = self.do_classifier_free_guidance  # decided once: the batch layout depends on it
 
         # 1. The sampling chain and the initial noise.
         if num_inference_steps is None and getattr(self.scheduler.config, "timestep_respacing", None) is None:
             num_inference_steps = DEFAULT_NUM_INFERENCE_STEPS
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self._num_timesteps = len(self.scheduler.timesteps)
+        # The chain runs in float32 whatever the transformer's dtype: in half precision its small per-step updates
+        # would be rounded away (DDIM's samples shrink by several percent in bfloat16).
         if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        latents = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
 
         # 2. Labels, with the null class appended for the unconditional half.
         labels = torch.tensor(ids, device=device)
@@ -220,10 +250,10 @@ class DiTImagePipeline(DiffusionPipeline):
             if self.interrupt:
                 break
             model_input = torch.cat([latents, latents]) if do_guidance else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            model_output = self.transformer(model_input, timestep=t, class_labels=labels).sample
+            model_input = self.scheduler.scale_model_input(model_input, t).to(self.transformer.dtype)
+            model_output = self.transformer(model_input, timestep=t, class_labels=labels).sample.float()
             if do_guidance:
-                model_output = guide(model_output, guidance_scale, config.in_channels, guidance_channels)
+                model_output = guide(model_output, self.guidance_scale, config.in_channels, guidance_channels)
             latents = self.scheduler.step(model_output[:, :step_channels], t, latents, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 tensors = {"latents": latents}

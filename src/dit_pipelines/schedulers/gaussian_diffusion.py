@@ -155,7 +155,8 @@ class GaussianDiffusion:
         shape (N, 1, ..., 1) in `like`'s dtype and device."""
         if isinstance(index, int):
             return float(table[index])
-        values = table.to(index.device, torch.float32 if index.device.type == "mps" else torch.float64)[index]
+        device = like.device
+        values = table.to(device, torch.float32 if device.type == "mps" else torch.float64)[index.to(device)]
         return values.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
     # -- q: the forward process -----------------------------------------------------------------------------------

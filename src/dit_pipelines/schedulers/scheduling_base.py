@@ -76,6 +76,10 @@ class RespacedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         if timestep_respacing is not None:
             space_timesteps(num_train_timesteps, timestep_respacing)  # fail early on a bad spec
 
+        # Our defaults are DiT's, not diffusers': record them as chosen, so that a diffusers scheduler made with
+        # `from_config(self.config)` inherits them instead of falling back to its own defaults.
+        self.register_to_config(_use_default_values=[])
+
         #: The training chain of all T steps: used by `add_noise`, `get_velocity` and `training_loss`.
         self.train_diffusion = GaussianDiffusion(betas)
         self.init_noise_sigma = 1.0

@@ -1,5 +1,6 @@
 """`DiTDDPMScheduler`: ancestral sampling with fixed or learned variance on a respaced chain."""
 
+import math
 from typing import Optional, Tuple, Union
 
 import torch
@@ -61,7 +62,8 @@ class DiTDDPMScheduler(RespacedDiffusionScheduler):
             log_variance = self.diffusion.p_log_variance(self.config.variance_type, index, sample, variance_values)
             if variance_noise is None:
                 variance_noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
-            prev_sample = mean + torch.exp(0.5 * torch.as_tensor(log_variance)) * variance_noise
+            std = math.exp(0.5 * log_variance) if isinstance(log_variance, float) else torch.exp(0.5 * log_variance)
+            prev_sample = mean + std * variance_noise
         if not return_dict:
             return (prev_sample, pred_original_sample)
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
