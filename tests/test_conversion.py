@@ -18,8 +18,14 @@ from .conftest import randomize_
 
 def diffusers_dit(tie_embedders=True, **overrides):
     config = dict(
-        num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=3,
-        sample_size=8, patch_size=2, num_embeds_ada_norm=10,
+        num_attention_heads=4,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=8,
+        num_layers=3,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
     )
     config.update(overrides)
     torch.manual_seed(0)
@@ -84,8 +90,10 @@ def test_original_checkpoint_files_load(tmp_path, tiny_dit):
     # A released checkpoint is a bare state dict; a training checkpoint holds model, ema, opt and args.
     torch.save(original, tmp_path / "released.pt")
     zeros = {k: torch.zeros_like(v) for k, v in original.items()}
-    torch.save({"model": zeros, "ema": original, "opt": {}, "args": argparse.Namespace(model="DiT-S/2")},
-               tmp_path / "0000100.pt")
+    torch.save(
+        {"model": zeros, "ema": original, "opt": {}, "args": argparse.Namespace(model="DiT-S/2")},
+        tmp_path / "0000100.pt",
+    )
     x, t, y = inputs()
     with torch.no_grad():
         expected = model(x, t, y).sample

@@ -66,7 +66,9 @@ def test_prediction_only_output_given_to_a_learned_variance_scheduler():
 
 
 def test_more_inference_steps_than_training_steps(pipe):
-    with pytest.raises(ValueError, match=r"num_inference_steps \(1001\) cannot be larger than num_train_timesteps \(1000\)"):
+    with pytest.raises(
+        ValueError, match=r"num_inference_steps \(1001\) cannot be larger than num_train_timesteps \(1000\)"
+    ):
         pipe(1, num_inference_steps=1001)
 
 
@@ -75,13 +77,16 @@ def test_unknown_preset():
         DiTModel.from_preset("DiT-M/2")
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("fast", "Unknown respacing spec 'fast'"),
-    ("ddim0", "Unknown respacing spec 'ddim0'"),
-    ("10,,20", "Unknown respacing spec '10,,20'"),
-    ("2000", "cannot take 2000 steps from a section of 1000"),
-    ("ddim999", "no integer stride gives exactly 999"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("fast", "Unknown respacing spec 'fast'"),
+        ("ddim0", "Unknown respacing spec 'ddim0'"),
+        ("10,,20", "Unknown respacing spec '10,,20'"),
+        ("2000", "cannot take 2000 steps from a section of 1000"),
+        ("ddim999", "no integer stride gives exactly 999"),
+    ],
+)
 def test_unknown_respacing_spec(spec, message):
     with pytest.raises(ValueError, match=message):
         DiTDDPMScheduler(timestep_respacing=spec)

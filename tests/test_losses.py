@@ -45,7 +45,9 @@ def reference_vlb(betas, x0, x_t, eps_pred, v, t):
     log_beta_tilde = np.log(np.concatenate([[beta_tilde[1]], beta_tilde[1:]]))
 
     def posterior_mean(x_start):
-        return (np.sqrt(a_prev[t]) * betas[t] * x_start + np.sqrt(1 - betas[t]) * (1 - a_prev[t]) * x_t) / (1 - a_bar[t])
+        return (np.sqrt(a_prev[t]) * betas[t] * x_start + np.sqrt(1 - betas[t]) * (1 - a_prev[t]) * x_t) / (
+            1 - a_bar[t]
+        )
 
     pred_x0 = (x_t - np.sqrt(1 - a_bar[t]) * eps_pred) / np.sqrt(a_bar[t])
     model_mean = posterior_mean(pred_x0)
@@ -55,7 +57,13 @@ def reference_vlb(betas, x0, x_t, eps_pred, v, t):
         nll = []
         for xi, mi, lv in zip(x0.ravel(), model_mean.ravel(), log_var.ravel()):
             d = NormalDist(mi, math.exp(0.5 * lv))
-            mass = d.cdf(xi + 1 / 255) if xi < -0.999 else 1 - d.cdf(xi - 1 / 255) if xi > 0.999 else d.cdf(xi + 1 / 255) - d.cdf(xi - 1 / 255)
+            mass = (
+                d.cdf(xi + 1 / 255)
+                if xi < -0.999
+                else 1 - d.cdf(xi - 1 / 255)
+                if xi > 0.999
+                else d.cdf(xi + 1 / 255) - d.cdf(xi - 1 / 255)
+            )
             nll.append(-math.log(mass))
         return np.mean(nll) / math.log(2)
     true_mean, true_log_var = posterior_mean(x0), log_beta_tilde[t]
@@ -68,7 +76,7 @@ def reference_vlb(betas, x0, x_t, eps_pred, v, t):
 def test_hybrid_loss_matches_a_float64_recomputation(t):
     scheduler = DiTDDPMScheduler()  # learned_range, epsilon, linear betas, T = 1000
     g = torch.Generator().manual_seed(t)
-    x0 = (torch.randint(0, 256, (1, 2, 3, 3), generator=g).double() / 127.5 - 1)
+    x0 = torch.randint(0, 256, (1, 2, 3, 3), generator=g).double() / 127.5 - 1
     noise = torch.randn(1, 2, 3, 3, generator=g, dtype=torch.float64)
     eps_pred = noise + 0.1 * torch.randn(1, 2, 3, 3, generator=g, dtype=torch.float64)
     v = torch.rand(1, 2, 3, 3, generator=g, dtype=torch.float64) * 2 - 1

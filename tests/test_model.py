@@ -101,7 +101,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_dit):
         calls = []
         if checkpointing:
             model.enable_gradient_checkpointing(
-                lambda block, *args: calls.append(block) or torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+                lambda block, *args: (
+                    calls.append(block) or torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+                )
             )
         model(x, t, y).sample.square().mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))

@@ -26,9 +26,16 @@ def pixel_pipe(tiny_dit):
 def tiny_vae():
     torch.manual_seed(0)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16), latent_channels=4,
-        norm_num_groups=4, layers_per_block=1, sample_size=16, scaling_factor=0.5,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=16,
+        scaling_factor=0.5,
     ).eval()
 
 
@@ -69,10 +76,20 @@ def test_default_number_of_steps_without_a_configured_respacing(pixel_pipe):
 
 
 def test_names_indices_and_images_per_prompt(pixel_pipe):
-    by_name = pixel_pipe(["Digit 3", "number 7"], num_inference_steps=2, output_type="pt",
-                         num_images_per_prompt=2, generator=torch.manual_seed(0)).images
-    by_index = pixel_pipe(torch.tensor([3, 7]), num_inference_steps=2, output_type="pt",
-                          num_images_per_prompt=2, generator=torch.manual_seed(0)).images
+    by_name = pixel_pipe(
+        ["Digit 3", "number 7"],
+        num_inference_steps=2,
+        output_type="pt",
+        num_images_per_prompt=2,
+        generator=torch.manual_seed(0),
+    ).images
+    by_index = pixel_pipe(
+        torch.tensor([3, 7]),
+        num_inference_steps=2,
+        output_type="pt",
+        num_images_per_prompt=2,
+        generator=torch.manual_seed(0),
+    ).images
     assert by_name.shape[0] == 4
     torch.testing.assert_close(by_name, by_index, rtol=0, atol=0)
     assert pixel_pipe.get_label_ids("digit 3") == [3]  # a string is one name, not characters
@@ -91,8 +108,9 @@ def test_guidance_combines_predictions_and_keeps_the_conditional_variance():
 
 def test_guidance_changes_samples_and_scale_one_means_no_guidance(pixel_pipe):
     def sample(scale, **kw):
-        return pixel_pipe(5, guidance_scale=scale, num_inference_steps=3, output_type="pt",
-                          generator=torch.manual_seed(0), **kw).images
+        return pixel_pipe(
+            5, guidance_scale=scale, num_inference_steps=3, output_type="pt", generator=torch.manual_seed(0), **kw
+        ).images
 
     assert not torch.allclose(sample(1.0), sample(4.0))
     assert not torch.allclose(sample(4.0), sample(4.0, guidance_channels=2))
@@ -103,20 +121,23 @@ def test_guidance_changes_samples_and_scale_one_means_no_guidance(pixel_pipe):
     assert calls == [1] * 3 + [2] * 3  # the doubled batch only with guidance
 
 
-@pytest.mark.parametrize("scheduler, channels_given", [
-    (DiTDDPMScheduler(), 8),
-    (DiTDDPMScheduler(variance_type="fixed_large"), 4),
-    (DiTDDIMScheduler(), 4),
-    (DDPMScheduler(variance_type="learned_range"), 8),
-    (DPMSolverMultistepScheduler(), 4),
-])
+@pytest.mark.parametrize(
+    "scheduler, channels_given",
+    [
+        (DiTDDPMScheduler(), 8),
+        (DiTDDPMScheduler(variance_type="fixed_large"), 4),
+        (DiTDDIMScheduler(), 4),
+        (DDPMScheduler(variance_type="learned_range"), 8),
+        (DPMSolverMultistepScheduler(), 4),
+    ],
+)
 def test_variance_channels_go_only_to_schedulers_that_sample_with_them(latent_pipe, scheduler, channels_given):
     pipe = DiTImagePipeline(latent_pipe.transformer, scheduler, vae=latent_pipe.vae)
     pipe.set_progress_bar_config(disable=True)
     given = []
     step = scheduler.step
-    scheduler.step = lambda model_output, *args, **kwargs: given.append(model_output.shape[1]) or step(
-        model_output, *args, **kwargs
+    scheduler.step = lambda model_output, *args, **kwargs: (
+        given.append(model_output.shape[1]) or step(model_output, *args, **kwargs)
     )
     images = pipe([0, 1], num_inference_steps=4, output_type="np", generator=torch.manual_seed(0)).images
     assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
@@ -127,8 +148,12 @@ def test_half_precision_transformer_keeps_the_chain_in_float32(latent_pipe):
     reference = latent_pipe(2, output_type="latent", generator=torch.manual_seed(0)).images
     latent_pipe.transformer.to(torch.bfloat16)
     seen = []
-    images = latent_pipe(2, output_type="latent", generator=torch.manual_seed(0),
-                         callback_on_step_end=lambda p, i, t, kw: seen.append(kw["latents"].dtype) or {}).images
+    images = latent_pipe(
+        2,
+        output_type="latent",
+        generator=torch.manual_seed(0),
+        callback_on_step_end=lambda p, i, t, kw: seen.append(kw["latents"].dtype) or {},
+    ).images
     assert set(seen) == {torch.float32} and images.dtype == torch.float32
     assert (images - reference).abs().max() < 0.1 * reference.abs().max()
 
@@ -156,8 +181,12 @@ def test_callbacks_can_read_and_change_the_guidance_scale(pixel_pipe):
 def test_ddim_eta_is_passed_to_the_scheduler(pixel_pipe):
     pipe = DiTImagePipeline(pixel_pipe.transformer, DiTDDIMScheduler())
     pipe.set_progress_bar_config(disable=True)
-    run = lambda eta, seed: pipe(1, eta=eta, num_inference_steps=4, output_type="pt",  # noqa: E731
-                                 latents=torch.ones(1, 3, 8, 8), generator=torch.manual_seed(seed)).images
+
+    def run(eta, seed):
+        latents = torch.ones(1, 3, 8, 8)
+        kwargs = dict(eta=eta, num_inference_steps=4, output_type="pt", latents=latents)
+        return pipe(1, generator=torch.manual_seed(seed), **kwargs).images
+
     torch.testing.assert_close(run(0.0, 0), run(0.0, 1), rtol=0, atol=0)  # deterministic given x_T
     assert not torch.allclose(run(1.0, 0), run(1.0, 1))
 
@@ -169,16 +198,21 @@ def test_callback_on_step_end_sees_and_replaces_latents(pixel_pipe):
         seen.append((i, int(t), kwargs["latents"].shape))
         return {"latents": torch.zeros_like(kwargs["latents"])} if i == 2 else {}
 
-    images = pixel_pipe(1, num_inference_steps=3, output_type="latent", callback_on_step_end=callback,
-                        generator=torch.manual_seed(0)).images
+    images = pixel_pipe(
+        1, num_inference_steps=3, output_type="latent", callback_on_step_end=callback, generator=torch.manual_seed(0)
+    ).images
     assert [s[0] for s in seen] == [0, 1, 2] and seen[0][2] == (1, 3, 8, 8)
     assert torch.count_nonzero(images) == 0
 
 
 def test_given_latents_are_used(pixel_pipe):
     latents = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
-    a = pixel_pipe([1, 2], latents=latents, num_inference_steps=2, output_type="pt", generator=torch.manual_seed(0)).images
-    b = pixel_pipe([1, 2], latents=latents, num_inference_steps=2, output_type="pt", generator=torch.manual_seed(0)).images
+    a = pixel_pipe(
+        [1, 2], latents=latents, num_inference_steps=2, output_type="pt", generator=torch.manual_seed(0)
+    ).images
+    b = pixel_pipe(
+        [1, 2], latents=latents, num_inference_steps=2, output_type="pt", generator=torch.manual_seed(0)
+    ).images
     c = pixel_pipe([1, 2], num_inference_steps=2, output_type="pt", generator=torch.manual_seed(0)).images
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.allclose(a, c)

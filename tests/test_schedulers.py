@@ -66,10 +66,18 @@ def test_ddim_takes_learned_variance_outputs_and_ignores_the_variance():
 
 @pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
 def test_beta_schedules_are_float64_and_match_diffusers(schedule):
-    betas = make_betas(schedule, 1000, 0.00085 if schedule == "scaled_linear" else 0.0001, 0.012 if schedule == "scaled_linear" else 0.02)
+    betas = make_betas(
+        schedule,
+        1000,
+        0.00085 if schedule == "scaled_linear" else 0.0001,
+        0.012 if schedule == "scaled_linear" else 0.02,
+    )
     assert betas.dtype == torch.float64
-    theirs = DDPMScheduler(beta_schedule=schedule, beta_start=0.00085 if schedule == "scaled_linear" else 0.0001,
-                           beta_end=0.012 if schedule == "scaled_linear" else 0.02).betas
+    theirs = DDPMScheduler(
+        beta_schedule=schedule,
+        beta_start=0.00085 if schedule == "scaled_linear" else 0.0001,
+        beta_end=0.012 if schedule == "scaled_linear" else 0.02,
+    ).betas
     torch.testing.assert_close(betas.float(), theirs, rtol=1e-5, atol=1e-7)
 
 
@@ -163,7 +171,9 @@ def test_ddpm_step_is_the_posterior_with_the_learned_variance():
     a_bar = np.cumprod(1 - betas)
     a_bar_prev = a_bar[i - 1]
     x0 = (x_t.numpy() - np.sqrt(1 - a_bar[i]) * eps.numpy()) / np.sqrt(a_bar[i])
-    mean = (np.sqrt(a_bar_prev) * betas[i] * x0 + np.sqrt(1 - betas[i]) * (1 - a_bar_prev) * x_t.numpy()) / (1 - a_bar[i])
+    mean = (np.sqrt(a_bar_prev) * betas[i] * x0 + np.sqrt(1 - betas[i]) * (1 - a_bar_prev) * x_t.numpy()) / (
+        1 - a_bar[i]
+    )
     beta_tilde = betas[i] * (1 - a_bar_prev) / (1 - a_bar[i])
     frac = (v.numpy() + 1) / 2
     log_var = frac * np.log(betas[i]) + (1 - frac) * np.log(beta_tilde)
@@ -180,7 +190,9 @@ def test_last_step_adds_no_noise():
 
 
 def test_ddpm_and_ddim_configs_convert_into_each_other(tmp_path):
-    ddpm = DiTDDPMScheduler(beta_schedule="squaredcos_cap_v2", timestep_respacing="ddim25", prediction_type="v_prediction")
+    ddpm = DiTDDPMScheduler(
+        beta_schedule="squaredcos_cap_v2", timestep_respacing="ddim25", prediction_type="v_prediction"
+    )
     ddim = DiTDDIMScheduler.from_config(ddpm.config)
     assert dict(ddim.config) == dict(ddpm.config)
     ddim.save_pretrained(tmp_path)

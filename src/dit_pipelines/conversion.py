@@ -207,7 +207,8 @@ def dit_to_diffusers(model: DiTModel) -> DiTTransformer2DModel:
     if c.timestep_freq_shift != 1.0:
         logger.warning(
             "diffusers' DiTTransformer2DModel uses timestep frequency shift 1, this model %s: outputs will differ "
-            "slightly from this model's.", c.timestep_freq_shift
+            "slightly from this model's.",
+            c.timestep_freq_shift,
         )
     if not model.has_null_class or c.mlp_ratio != 4.0:
         raise ValueError(

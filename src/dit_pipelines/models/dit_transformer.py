@@ -1,6 +1,6 @@
 """`DiTModel`: the class-conditional Diffusion Transformer of Peebles & Xie (2023)."""
 
-from typing import Optional, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,9 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         # x: (N, T, D) tokens; condition: (N, D), the SiLU of the timestep + class embedding.
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(condition)[:, None].chunk(6, -1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(condition)[:, None].chunk(
+            6, -1
+        )
         x = torch.addcmul(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
         x = torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
         return x

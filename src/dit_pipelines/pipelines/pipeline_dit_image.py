@@ -107,8 +107,17 @@ class DiTImagePipeline(DiffusionPipeline):
         return type(self.scheduler).__name__ in VARIANCE_SCHEDULERS and variance_type in ("learned", "learned_range")
 
     def check_inputs(
-        self, height, width, guidance_scale, guidance_channels, num_images_per_prompt, output_type, latents, shape,
-        generator, callback_tensor_inputs,
+        self,
+        height,
+        width,
+        guidance_scale,
+        guidance_channels,
+        num_images_per_prompt,
+        output_type,
+        latents,
+        shape,
+        generator,
+        callback_tensor_inputs,
     ):
         factor = self.vae_scale_factor * self.transformer.config.patch_size
         if height % factor or width % factor:
@@ -212,8 +221,16 @@ class DiTImagePipeline(DiffusionPipeline):
         width = width or config.sample_size * self.vae_scale_factor
         shape = (len(ids), config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         self.check_inputs(
-            height, width, guidance_scale, guidance_channels, num_images_per_prompt, output_type, latents, shape,
-            generator, callback_on_step_end_tensor_inputs,
+            height,
+            width,
+            guidance_scale,
+            guidance_channels,
+            num_images_per_prompt,
+            output_type,
+            latents,
+            shape,
+            generator,
+            callback_on_step_end_tensor_inputs,
         )
         self._interrupt = False
         self._guidance_scale = guidance_scale

@@ -30,11 +30,14 @@ def make_betas(
     if beta_schedule == "scaled_linear":
         return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
     if beta_schedule == "squaredcos_cap_v2":
+
         def alpha_bar(t):
             return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
         steps = range(num_train_timesteps)
-        betas = [min(1 - alpha_bar((i + 1) / num_train_timesteps) / alpha_bar(i / num_train_timesteps), 0.999) for i in steps]
+        betas = [
+            min(1 - alpha_bar((i + 1) / num_train_timesteps) / alpha_bar(i / num_train_timesteps), 0.999) for i in steps
+        ]
         return torch.tensor(betas, dtype=torch.float64)
     raise ValueError(f"Unknown beta_schedule {beta_schedule!r}; choose one of {', '.join(BETA_SCHEDULES)}.")
 
@@ -53,7 +56,7 @@ def space_timesteps(num_timesteps: int, spec: str) -> List[int]:
     """
     spec = str(spec).strip()
     if spec.startswith("ddim"):
-        count = _parse_count(spec[len("ddim"):], spec)
+        count = _parse_count(spec[len("ddim") :], spec)
         for stride in range(1, num_timesteps):
             if len(range(0, num_timesteps, stride)) == count:
                 return list(range(0, num_timesteps, stride))
@@ -130,7 +133,9 @@ class GaussianDiffusion:
         first = self.posterior_variance[1] if len(betas) > 1 else betas[0]
         self.posterior_log_variance_clipped = torch.log(torch.cat([first.reshape(1), self.posterior_variance[1:]]))
         self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (
+            (1.0 - self.alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - self.alphas_cumprod)
+        )
 
         # Log-variances of the fixed choices of p(x_{t-1} | x_t) (DDPM §3.2): beta_tilde_t ("small") or beta_t
         # ("large", with beta_tilde_1 at t=0 as in Improved DDPM); learned_range interpolates between the two.
@@ -162,19 +167,24 @@ class GaussianDiffusion:
     # -- q: the forward process -----------------------------------------------------------------------------------
     def q_sample(self, x_start: torch.Tensor, noise: torch.Tensor, index: Index) -> torch.Tensor:
         """A sample of q(x_t | x_0) (DDPM eq. 4) with the given noise."""
-        return self.at(self.sqrt_alphas_cumprod, index, x_start) * x_start + self.at(
-            self.sqrt_one_minus_alphas_cumprod, index, x_start
-        ) * noise
+        return (
+            self.at(self.sqrt_alphas_cumprod, index, x_start) * x_start
+            + self.at(self.sqrt_one_minus_alphas_cumprod, index, x_start) * noise
+        )
 
     def velocity(self, x_start: torch.Tensor, noise: torch.Tensor, index: Index) -> torch.Tensor:
         """v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 (Salimans & Ho, 2022, §4)."""
-        return self.at(self.sqrt_alphas_cumprod, index, x_start) * noise - self.at(
-            self.sqrt_one_minus_alphas_cumprod, index, x_start
-        ) * x_start
+        return (
+            self.at(self.sqrt_alphas_cumprod, index, x_start) * noise
+            - self.at(self.sqrt_one_minus_alphas_cumprod, index, x_start) * x_start
+        )
 
     def q_posterior(self, x_start: torch.Tensor, x_t: torch.Tensor, index: Index):
         """Mean and clipped log-variance of q(x_{t-1} | x_t, x_0) (DDPM eqs. 6-7)."""
-        mean = self.at(self.posterior_mean_coef1, index, x_t) * x_start + self.at(self.posterior_mean_coef2, index, x_t) * x_t
+        mean = (
+            self.at(self.posterior_mean_coef1, index, x_t) * x_start
+            + self.at(self.posterior_mean_coef2, index, x_t) * x_t
+        )
         return mean, self.at(self.posterior_log_variance_clipped, index, x_t)
 
     # -- p: the model's reverse process ---------------------------------------------------------------------------

@@ -16,7 +16,9 @@ class DiffusionLoss:
 
     loss: torch.Tensor
     mse: torch.Tensor  # L_simple: mean squared error of the prediction
-    vlb: Optional[torch.Tensor] = None  # L_t of the variational bound, in bits per dimension (None: no learned variance)
+    vlb: Optional[torch.Tensor] = (
+        None  # L_t of the variational bound, in bits per dimension (None: no learned variance)
+    )
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,6 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .losses import DiffusionLoss, diffusion_loss
 from .gaussian_diffusion import (
     BETA_SCHEDULES,
     PREDICTION_TYPES,
@@ -17,6 +16,7 @@ from .gaussian_diffusion import (
     space_timesteps,
     spaced_timesteps,
 )
+from .losses import DiffusionLoss, diffusion_loss
 
 
 class RespacedDiffusionScheduler(SchedulerMixin, ConfigMixin):

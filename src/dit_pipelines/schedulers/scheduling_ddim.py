@@ -67,7 +67,9 @@ class DiTDDIMScheduler(RespacedDiffusionScheduler):
         prev_sample = alpha_bar_prev**0.5 * pred_original_sample + (1 - alpha_bar_prev - sigma**2) ** 0.5 * pred_epsilon
         if eta > 0:
             if variance_noise is None:
-                variance_noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+                variance_noise = randn_tensor(
+                    sample.shape, generator=generator, device=sample.device, dtype=sample.dtype
+                )
             prev_sample = prev_sample + sigma * variance_noise
         if not return_dict:
             return (prev_sample, pred_original_sample)

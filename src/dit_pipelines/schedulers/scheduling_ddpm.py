@@ -61,7 +61,9 @@ class DiTDDPMScheduler(RespacedDiffusionScheduler):
         if index > 0:  # no noise on the last step (x_0 is the posterior mean)
             log_variance = self.diffusion.p_log_variance(self.config.variance_type, index, sample, variance_values)
             if variance_noise is None:
-                variance_noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+                variance_noise = randn_tensor(
+                    sample.shape, generator=generator, device=sample.device, dtype=sample.dtype
+                )
             std = math.exp(0.5 * log_variance) if isinstance(log_variance, float) else torch.exp(0.5 * log_variance)
             prev_sample = mean + std * variance_noise
         if not return_dict:
