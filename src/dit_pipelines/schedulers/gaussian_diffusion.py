@@ -34,10 +34,8 @@ def make_betas(
         def alpha_bar(t):
             return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
-        steps = range(num_train_timesteps)
-        betas = [
-            min(1 - alpha_bar((i + 1) / num_train_timesteps) / alpha_bar(i / num_train_timesteps), 0.999) for i in steps
-        ]
+        T = num_train_timesteps
+        betas = [min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), 0.999) for i in range(T)]
         return torch.tensor(betas, dtype=torch.float64)
     raise ValueError(f"Unknown beta_schedule {beta_schedule!r}; choose one of {', '.join(BETA_SCHEDULES)}.")
 
