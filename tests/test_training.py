@@ -1,0 +1,239 @@
+"""The training script end to end on a tiny generated dataset (8x8 grayscale bars of three orientations)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline
+from safetensors.torch import load_file
+
+from dit_pipelines import DiTImagePipeline, DiTModel
+from training.train_dit import main, parse_args
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "training" / "train_dit.py")
+
+
+@pytest.fixture(scope="session")
+def bars(tmp_path_factory):
+    """48 images of 3 classes, saved with `save_to_disk`."""
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for i in range(48):
+        label = i % 3
+        image = rng.integers(0, 40, size=(8, 8)).astype(np.uint8)
+        if label == 0:
+            image[3:5, :] = 255
+        elif label == 1:
+            image[:, 3:5] = 255
+        else:
+            np.fill_diagonal(image, 255)
+        images.append(image)
+        labels.append(label)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["h", "v", "d"])})
+    path = tmp_path_factory.mktemp("bars") / "dataset"
+    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).save_to_disk(str(path))
+    return str(path)
+
+
+def tiny_args(dataset, output_dir, *extra):
+    return [
+        "--dataset", dataset, "--output_dir", str(output_dir), "--preset", "DiT-S/4", "--hidden_size", "32",
+        "--depth", "2", "--num_heads", "2", "--train_batch_size", "8", "--learning_rate", "1e-3",
+        "--sampling_respacing", "4", "--num_inference_steps", "3", *extra,
+    ]  # fmt: skip
+
+
+def weights(folder):
+    return load_file(os.path.join(folder, "transformer", "diffusion_pytorch_model.safetensors"))
+
+
+def test_tiny_run_saves_a_loadable_pipeline(bars, tmp_path):
+    out = main(
+        parse_args(
+            tiny_args(
+                bars,
+                tmp_path / "run",
+                "--max_train_steps",
+                "4",
+                "--validation_steps",
+                "4",
+                "--checkpointing_steps",
+                "2",
+                "--checkpoints_total_limit",
+                "1",
+            )
+        )
+    )
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert isinstance(pipe, DiTImagePipeline) and pipe.id2label == {0: "h", 1: "v", 2: "d"}
+    assert pipe.transformer.config.in_channels == 1 and pipe.transformer.config.learn_sigma
+    assert pipe.scheduler.config.variance_type == "learned_range" and pipe.scheduler.config.timestep_respacing == "4"
+    assert (tmp_path / "run" / "validation" / "step-4.png").exists()
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-4"]  # rotated
+    images = pipe(["v", "d"], output_type="np", generator=torch.manual_seed(0)).images
+    assert images.shape == (2, 8, 8, 1)
+    # The saved transformer holds the EMA weights, which differ from the raw weights of the last step.
+    raw = load_file(str(tmp_path / "run" / "checkpoint-4" / "model.safetensors"))
+    ema = weights(out)
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw if k != "pos_embed")
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(bars, tmp_path):
+    common = ["--max_train_steps", "9", "--checkpointing_steps", "4", "--random_flip", "--ema_decay", "0.9"]
+    main(parse_args(tiny_args(bars, tmp_path / "full", *common)))
+    (tmp_path / "resumed").mkdir()
+    os.rename(tmp_path / "full" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4")
+    main(parse_args(tiny_args(bars, tmp_path / "resumed", *common, "--resume_from_checkpoint", "latest")))
+    full, resumed = weights(tmp_path / "full"), weights(tmp_path / "resumed")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)  # EMA weights
+    raw_full = load_file(str(tmp_path / "full" / "checkpoint-9" / "model.safetensors"))
+    raw_resumed = load_file(str(tmp_path / "resumed" / "checkpoint-9" / "model.safetensors"))
+    assert all(torch.equal(raw_full[k], raw_resumed[k]) for k in raw_full)
+
+
+def test_l_simple_path_without_learned_sigma(bars, tmp_path):
+    out = main(parse_args(tiny_args(bars, tmp_path / "simple", "--max_train_steps", "2", "--no-learn_sigma")))
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert pipe.transformer.out_channels == 1 and pipe.scheduler.config.variance_type == "fixed_small"
+
+
+def tiny_vae(path, latent_channels=4):
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 8),
+        latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        layers_per_block=1,
+        scaling_factor=0.7,
+    )
+    vae.save_pretrained(path)
+    return str(path)
+
+
+def test_latent_training_with_precomputed_latents(bars, tmp_path):
+    vae = tiny_vae(tmp_path / "vae")
+    out = main(
+        parse_args(
+            tiny_args(
+                bars,
+                tmp_path / "latent",
+                "--max_train_steps",
+                "3",
+                "--vae",
+                vae,
+                "--precompute_latents",
+                "--random_flip",
+                "--patch_size",
+                "2",
+            )
+        )
+    )
+    assert list((tmp_path / "latent").glob("latents-*.pt"))
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert (
+        pipe.vae is not None and pipe.transformer.config.in_channels == 4 and pipe.transformer.config.sample_size == 4
+    )
+    assert pipe(0, output_type="np", generator=torch.manual_seed(0)).images.shape == (1, 8, 8, 1)
+
+
+def test_two_process_cpu_run_completes_and_saves_once(bars, tmp_path):
+    # accelerate 1.x starts several CPU processes only through its multi-process launcher (`--cpu` alone starts one
+    # unless MPI is installed); ACCELERATE_USE_CPU=1 keeps them on the CPU, with gloo.
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        SCRIPT,
+        *tiny_args(bars, tmp_path / "ddp", "--max_train_steps", "3", "--checkpointing_steps", "2"),
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("Saved the pipeline") == 1
+    assert "random_states_1.pkl" in os.listdir(tmp_path / "ddp" / "checkpoint-3")  # the second process's RNG
+    DiffusionPipeline.from_pretrained(tmp_path / "ddp")
+
+
+def test_a_run_killed_mid_training_resumes_from_its_last_checkpoint(bars, tmp_path):
+    out = tmp_path / "killed"
+    args = tiny_args(bars, out, "--checkpointing_steps", "3")
+    process = subprocess.Popen(
+        [sys.executable, SCRIPT, *args, "--max_train_steps", "100000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while not list(out.glob("checkpoint-*[0-9]")) and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    done = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*[0-9]"))
+    assert done, "no checkpoint was written before the kill"
+    (out / f"checkpoint-{done[-1] + 3}.tmp").mkdir(exist_ok=True)  # as if killed while writing the next one
+    finish = done[-1] + 2
+    result = subprocess.run(
+        [sys.executable, SCRIPT, *args, "--max_train_steps", str(finish), "--resume_from_checkpoint", "latest"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Resumed from {out / f'checkpoint-{done[-1]}'} at step {done[-1]}" in result.stderr
+    state = json.loads((out / f"checkpoint-{finish}" / "training_state.json").read_text())
+    assert state["global_step"] == finish
+    DiffusionPipeline.from_pretrained(out)
+
+
+def test_error_dataset_without_the_label_column(bars, tmp_path):
+    with pytest.raises(ValueError, match="has no label column 'digit'; its columns are \\['image', 'label'\\]"):
+        main(parse_args(tiny_args(bars, tmp_path / "x", "--label_column", "digit", "--max_train_steps", "1")))
+
+
+def test_error_images_smaller_than_the_patch_grid(bars, tmp_path):
+    with pytest.raises(ValueError, match="Images of 8x8 give a 8x8 model input .* not a whole grid of 16x16 patches"):
+        main(parse_args(tiny_args(bars, tmp_path / "x", "--patch_size", "16", "--max_train_steps", "1")))
+
+
+def test_error_resume_path_that_does_not_exist(bars, tmp_path):
+    with pytest.raises(ValueError, match="--resume_from_checkpoint '/no/such/checkpoint' is not a checkpoint folder"):
+        main(parse_args(tiny_args(bars, tmp_path / "x", "--resume_from_checkpoint", "/no/such/checkpoint")))
+
+
+def test_error_vae_latent_channels_do_not_match_the_model(bars, tmp_path):
+    DiTModel(
+        sample_size=4, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=3
+    ).save_pretrained(tmp_path / "model")
+    vae = tiny_vae(tmp_path / "vae", latent_channels=2)
+    with pytest.raises(ValueError, match="takes 4 input channels, but the data has 2 \\(the VAE's latent channels"):
+        main(
+            parse_args(
+                tiny_args(
+                    bars, tmp_path / "x", "--vae", vae, "--init_from", str(tmp_path / "model"), "--max_train_steps", "1"
+                )
+            )
+        )
