@@ -26,3 +26,16 @@ def tiny_dit():
         return randomize_(model) if random else model
 
     return make
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run the slow tests (real MNIST, demo runs)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

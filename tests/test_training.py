@@ -237,3 +237,30 @@ def test_error_vae_latent_channels_do_not_match_the_model(bars, tmp_path):
                 )
             )
         )
+
+
+def test_mixed_precision_accumulation_checkpointing_and_clipping(bars, tmp_path):
+    out = main(
+        parse_args(
+            tiny_args(
+                bars,
+                tmp_path / "mp",
+                "--max_train_steps",
+                "2",
+                "--mixed_precision",
+                "bf16",
+                "--gradient_accumulation_steps",
+                "2",
+                "--gradient_checkpointing",
+                "--max_grad_norm",
+                "1.0",
+                "--lr_scheduler",
+                "cosine",
+                "--lr_warmup_steps",
+                "1",
+            )
+        )
+    )
+    state = json.loads((tmp_path / "mp" / "checkpoint-2" / "training_state.json").read_text())
+    assert state["global_step"] == 2
+    assert DiffusionPipeline.from_pretrained(out).transformer.dtype == torch.float32

