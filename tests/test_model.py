@@ -137,3 +137,11 @@ def test_save_and_load_with_safetensors(tmp_path, tiny_dit):
     assert not loaded.pos_embed.requires_grad
     x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([5, 50]), torch.tensor([1, 2])
     torch.testing.assert_close(loaded(x, t, y).sample, model(x, t, y).sample, rtol=0, atol=0)
+
+
+def test_position_table_is_not_shared_with_the_cache(tiny_dit):
+    model = tiny_dit()
+    with torch.no_grad():
+        model.pos_embed.add_(1.0)
+    assert not torch.equal(model.pos_embed[0], sincos_2d(32, 4, 4))
+    assert torch.equal(tiny_dit().pos_embed[0], sincos_2d(32, 4, 4))

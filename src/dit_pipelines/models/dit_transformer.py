@@ -149,7 +149,8 @@ class DiTModel(ModelMixin, ConfigMixin):
         # The fixed sin-cos table of the training grid, a frozen parameter as in the original DiT (whose published
         # parameter counts include it); other grids get theirs computed in `forward`.
         grid = sample_size // patch_size
-        self.pos_embed = nn.Parameter(sincos_2d(hidden_size, grid, grid)[None], requires_grad=False)  # (1, T, D)
+        table = sincos_2d(hidden_size, grid, grid)[None].clone()  # a copy: the cached table must not alias it
+        self.pos_embed = nn.Parameter(table, requires_grad=False)  # (1, T, D)
         self.timestep_embedder = TimestepEmbedder(hidden_size, freq_shift=timestep_freq_shift)
         self.class_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, mlp_norm_eps) for _ in range(depth))
