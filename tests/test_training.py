@@ -264,3 +264,16 @@ def test_mixed_precision_accumulation_checkpointing_and_clipping(bars, tmp_path)
     state = json.loads((tmp_path / "mp" / "checkpoint-2" / "training_state.json").read_text())
     assert state["global_step"] == 2
     assert DiffusionPipeline.from_pretrained(out).transformer.dtype == torch.float32
+
+
+def test_preloaded_and_streamed_images_are_the_same(bars, monkeypatch):
+    import training.image_data as image_data
+
+    data = datasets.load_from_disk(bars)
+    preloaded = image_data.LabelledImages(data, "image", "label", resolution=8, channels=1)
+    monkeypatch.setattr(image_data, "PRELOAD_BYTES", 0)
+    streamed = image_data.LabelledImages(data, "image", "label", resolution=8, channels=1)
+    assert preloaded.preloaded is not None and streamed.preloaded is None
+    for i in (0, 17, 47):
+        assert torch.equal(preloaded[i]["pixels"], streamed[i]["pixels"])
+        assert preloaded[i]["label"] == streamed[i]["label"] == i % 3
