@@ -34,6 +34,14 @@ def parse_args(argv=None):
     p.add_argument("--pipeline", required=True, help="a saved DiTImagePipeline folder or Hub repo id")
     p.add_argument("--samples_per_class", type=int, default=100)
     p.add_argument("--guidance_scale", type=float, default=4.0)
+    p.add_argument(
+        "--guidance_interval",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="guide only at timesteps LOW <= t <= HIGH",
+    )
     p.add_argument("--num_inference_steps", type=int, default=None, help="default: the scheduler's respacing")
     p.add_argument("--scheduler", choices=["saved", "ddpm", "ddim"], default="saved")
     p.add_argument("--batch_size", type=int, default=250)
@@ -51,6 +59,7 @@ def generate(pipe, samples_per_class, args):
         out = pipe(
             batch,
             guidance_scale=args.guidance_scale,
+            guidance_interval=args.guidance_interval,
             num_inference_steps=args.num_inference_steps,
             output_type="pt",
             generator=torch.Generator().manual_seed(args.seed + i),
@@ -83,6 +92,7 @@ def evaluate(pipe, args) -> dict:
         "classifier_test_accuracy": accuracy(classifier, test_images, test_labels),
         "num_samples": len(samples),
         "guidance_scale": args.guidance_scale,
+        "guidance_interval": args.guidance_interval,
         "scheduler": type(pipe.scheduler).__name__,
         "num_inference_steps": len(pipe.scheduler.timesteps),
         "sampling_seconds": seconds,
@@ -98,8 +108,9 @@ def main(args) -> dict:
         cls = DiTDDPMScheduler if args.scheduler == "ddpm" else DiTDDIMScheduler
         pipe.scheduler = cls.from_config(pipe.scheduler.config)
     results = evaluate(pipe, args)
+    interval = " for {} <= t <= {}".format(*args.guidance_interval) if args.guidance_interval else ""
     rows = [
-        ("class accuracy (guidance %.1f)" % args.guidance_scale, f"{results['class_accuracy']:.4f}"),
+        (f"class accuracy (guidance {args.guidance_scale:g}{interval})", f"{results['class_accuracy']:.4f}"),
         ("worst class accuracy", f"{results['worst_class_accuracy']:.4f}"),
         ("Fréchet distance, samples vs test", f"{results['frechet_distance']:.2f}"),
         ("Fréchet distance, held-out real vs test (floor)", f"{results['frechet_distance_real_floor']:.2f}"),

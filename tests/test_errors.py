@@ -126,3 +126,8 @@ def test_ambiguous_class_name(tiny_dit):
 def test_generator_list_of_the_wrong_length(pipe):
     with pytest.raises(ValueError, match="Got 1 generators for 2 images"):
         pipe([1, 2], generator=[torch.Generator()], num_inference_steps=1)
+
+
+def test_guidance_interval_must_be_an_increasing_pair(pipe):
+    with pytest.raises(ValueError, match=r"guidance_interval must be \(low, high\) timesteps with 0 <= low <= high"):
+        pipe(1, guidance_interval=(600, 100), num_inference_steps=1)

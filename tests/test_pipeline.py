@@ -249,3 +249,19 @@ def test_pixel_space_pipeline_without_vae_round_trips(tmp_path, pixel_pipe):
     a = loaded(2, num_inference_steps=2, output_type="np", generator=torch.manual_seed(0)).images
     b = pixel_pipe(2, num_inference_steps=2, output_type="np", generator=torch.manual_seed(0)).images
     np.testing.assert_array_equal(a, b)
+
+
+def test_guidance_interval_guides_only_inside_it(pixel_pipe):
+    pixel_pipe.scheduler = DiTDDPMScheduler(timestep_respacing="5")  # timesteps 999, 749, 500, 250, 0
+    batches = []
+    pixel_pipe.transformer.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
+
+    def run(**kwargs):
+        return pixel_pipe(2, output_type="pt", generator=torch.Generator().manual_seed(0), **kwargs).images
+
+    inside = run(guidance_scale=4.0, guidance_interval=(250, 749))
+    assert batches == [1, 2, 2, 2, 1]  # guided at 749, 500 and 250 only
+    everywhere = run(guidance_scale=4.0, guidance_interval=(0, 999))
+    unguided = run(guidance_scale=1.0)
+    torch.testing.assert_close(everywhere, run(guidance_scale=4.0), rtol=0, atol=0)
+    assert not torch.allclose(inside, everywhere) and not torch.allclose(inside, unguided)

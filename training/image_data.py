@@ -12,7 +12,6 @@ from torch.utils.data import Dataset
 from dit_pipelines.data import image_transform
 from dit_pipelines.data.images import label_index
 
-
 PRELOAD_BYTES = 2 << 30  # datasets whose resized images fit in 2 GiB are decoded once and kept in memory
 
 
