@@ -22,6 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "training" / "train_dit.py")
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process run starts from a fresh Accelerate state, as a launched script does (the state is a
+    process-wide singleton, which would keep the first run's mixed precision)."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="session")
 def bars(tmp_path_factory):
     """48 images of 3 classes, saved with `save_to_disk`."""
