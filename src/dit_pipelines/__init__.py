@@ -8,7 +8,7 @@ import sys
 
 import diffusers
 
-from .models import DIT_PRESETS, DiTModel
+from .models import DIT_PRESETS, DiTModel, VideoDiTModel
 from .pipelines import DiTImagePipeline
 from .schedulers import DiffusionLoss, DiTDDIMScheduler, DiTDDPMScheduler, GaussianDiffusion, space_timesteps
 
@@ -23,6 +23,7 @@ __all__ = [
     "DiffusionLoss",
     "GaussianDiffusion",
     "space_timesteps",
+    "VideoDiTModel",
 ]
 
 
@@ -34,7 +35,7 @@ def _register_with_diffusers() -> None:
       library visible as `diffusers.pipelines.<name>` is also accepted when loading by Hub repo id
       (diffusers issue #6563).
     """
-    for cls in (DiTModel, DiTDDPMScheduler, DiTDDIMScheduler, DiTImagePipeline):
+    for cls in (DiTModel, VideoDiTModel, DiTDDPMScheduler, DiTDDIMScheduler, DiTImagePipeline):
         cls.__module__ = __name__
     diffusers.DiTImagePipeline = DiTImagePipeline
     diffusers.pipelines.dit_pipelines = sys.modules[__name__]

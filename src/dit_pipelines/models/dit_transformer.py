@@ -10,41 +10,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d
+from .layers import MLP, FinalLayer, SelfAttention, modulate
 from .presets import preset_config
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: x * (1 + scale) + shift, with per-sample shift and scale of shape (N, 1, D)."""
-    return torch.addcmul(shift, x, 1 + scale)
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with one fused QKV projection, through `scaled_dot_product_attention`."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, t, d = x.shape
-        qkv = self.qkv(x).view(n, t, 3, self.num_heads, d // self.num_heads)  # (N, T, 3, H, Dh)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (N, H, T, Dh)
-        out = F.scaled_dot_product_attention(q, k, v)  # (N, H, T, Dh)
-        return self.proj(out.transpose(1, 2).reshape(n, t, d))
-
-
-class MLP(nn.Module):
-    """The transformer MLP: Linear, GELU (tanh approximation), Linear."""
-
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
 class DiTBlock(nn.Module):
@@ -66,20 +33,6 @@ class DiTBlock(nn.Module):
         x = torch.addcmul(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
         x = torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
         return x
-
-
-class FinalLayer(nn.Module):
-    """adaLN (shift and scale, no gate), then a linear map of each token to a p x p x C_out patch."""
-
-    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.modulation = nn.Linear(hidden_size, 2 * hidden_size)
-        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
-
-    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.modulation(condition)[:, None].chunk(2, -1)
-        return self.linear(modulate(self.norm(x), shift, scale))  # (N, T, p*p*C_out)
 
 
 class DiTModel(ModelMixin, ConfigMixin):
@@ -154,7 +107,7 @@ class DiTModel(ModelMixin, ConfigMixin):
         self.timestep_embedder = TimestepEmbedder(hidden_size, freq_shift=timestep_freq_shift)
         self.class_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, mlp_norm_eps) for _ in range(depth))
-        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.final_layer = FinalLayer(hidden_size, patch_size * patch_size * self.out_channels)
         self.initialize_weights()
 
     @classmethod

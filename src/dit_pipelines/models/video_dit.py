@@ -1,0 +1,277 @@
+"""`VideoDiTModel`: a spatio-temporal DiT on latent video (Latte, Ma et al. 2024; Open-Sora's STDiT), conditioned on
+T5 text embeddings or class labels, with the image DiT's adaLN-Zero blocks."""
+
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from einops import rearrange
+from torch import nn
+
+from .dit_transformer import DiTModel
+from .embeddings import LabelEmbedder, TimestepEmbedder, sincos_1d, sincos_2d
+from .layers import MLP, CrossAttention, FinalLayer, SelfAttention, modulate
+
+ATTENTION_LAYOUTS = ("interleaved", "factorized", "full")
+CONDITIONINGS = ("text", "class")
+
+
+class VideoDiTBlock(nn.Module):
+    """An adaLN-Zero block over video tokens x (B, F, S, D): self-attention, optional cross-attention to the text,
+    MLP. `mixing` is what the self-attention sees:
+
+    - "space": the S tokens of each frame, (b f) s d;
+    - "time": the F tokens of each location, (b s) f d, with temporal positions added to its input;
+    - "space+time": space, then a separately modulated and gated time attention (STDiT);
+    - "spacetime": all F·S tokens, b (f s) d.
+
+    All gates, and the cross-attention's output, start at zero: a new block is the identity."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, mixing: str, cross_attention: bool,
+                 mlp_norm_eps: float = 1e-6):  # fmt: skip
+        super().__init__()
+        self.mixing = mixing
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(hidden_size, num_heads)
+        if mixing == "space+time":
+            self.norm_temporal = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+            self.temporal_attn = SelfAttention(hidden_size, num_heads)
+        if cross_attention:
+            self.norm_cross = nn.LayerNorm(hidden_size, eps=1e-6)
+            self.cross_attn = CrossAttention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=mlp_norm_eps)
+        self.mlp = MLP(hidden_size, int(hidden_size * mlp_ratio))
+        self.modulation = nn.Linear(hidden_size, (9 if mixing == "space+time" else 6) * hidden_size)
+
+    def attend(self, attn: SelfAttention, h: torch.Tensor, mixing: str, temporal_pos: torch.Tensor) -> torch.Tensor:
+        b, f, s, _ = h.shape
+        if mixing == "space":
+            return rearrange(attn(rearrange(h, "b f s d -> (b f) s d")), "(b f) s d -> b f s d", b=b)
+        if mixing == "time":
+            out = attn(rearrange(h + temporal_pos, "b f s d -> (b s) f d"))
+            return rearrange(out, "(b s) f d -> b f s d", b=b)
+        return rearrange(attn(rearrange(h + temporal_pos, "b f s d -> b (f s) d")), "b (f s) d -> b f s d", f=f)
+
+    def forward(self, x, condition, temporal_pos, context=None, context_mask=None):
+        # x: (B, F, S, D); condition: (B, D); temporal_pos: (1, F, 1, D); context: (B, L, D); context_mask: (B, L)
+        chunks = self.modulation(condition)[:, None, None].chunk(self.modulation.out_features // x.shape[-1], -1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = chunks[:6]
+        first = "space" if self.mixing == "space+time" else self.mixing
+        x = x + gate_msa * self.attend(self.attn, modulate(self.norm1(x), shift_msa, scale_msa), first, temporal_pos)
+        if self.mixing == "space+time":
+            shift_t, scale_t, gate_t = chunks[6:]
+            h = modulate(self.norm_temporal(x), shift_t, scale_t)
+            x = x + gate_t * self.attend(self.temporal_attn, h, "time", temporal_pos)
+        if hasattr(self, "cross_attn"):
+            b, f, s, d = x.shape
+            out = self.cross_attn(self.norm_cross(x).reshape(b, f * s, d), context, context_mask)
+            x = x + out.view(b, f, s, d)
+        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+
+class VideoDiTModel(ModelMixin, ConfigMixin):
+    r"""A spatio-temporal Diffusion Transformer on latent video (B, C, F, H, W).
+
+    Tubelets of `temporal_patch_size` x `patch_size`² pixels become tokens with fixed 2D sin-cos positions in space
+    and 1D sin-cos positions in time; `attention_layout` chooses how space and time mix:
+
+    - "interleaved": `depth` spatial blocks, each followed by a temporal block (Latte, variant 1);
+    - "factorized": `depth` blocks, each with spatial then temporal attention (STDiT);
+    - "full": `depth` blocks attending over all space-time tokens (CogVideoX-like).
+
+    Conditioning is the timestep through adaLN-Zero plus either T5 text embeddings (`conditioning="text"`:
+    a caption projection and cross-attention in every block, padding masked) or class labels with a null class.
+    One frame (F = 1) is an image. Frame counts above `sample_frames` get their temporal positions interpolated
+    into the trained range, so a model trained on 8 frames samples 12.
+
+    Example:
+        >>> import torch
+        >>> from dit_pipelines import VideoDiTModel
+        >>> model = VideoDiTModel(sample_size=8, in_channels=4, hidden_size=64, depth=2, num_heads=4, text_embed_dim=32)
+        >>> video = torch.randn(1, 4, 5, 8, 8)  # (B, C, F, H, W)
+        >>> text, mask = torch.randn(1, 7, 32), torch.ones(1, 7)
+        >>> model(video, 500, encoder_hidden_states=text, encoder_attention_mask=mask).sample.shape
+        torch.Size([1, 8, 5, 8, 8])
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["VideoDiTBlock"]
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 16,
+        sample_frames: int = 8,
+        patch_size: int = 2,
+        temporal_patch_size: int = 1,
+        in_channels: int = 4,
+        hidden_size: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        attention_layout: str = "factorized",
+        conditioning: str = "text",
+        text_embed_dim: int = 4096,
+        num_classes: int = 1000,
+        class_dropout_prob: float = 0.1,
+        learn_sigma: bool = True,
+        interpolate_temporal_positions: bool = True,
+        timestep_freq_shift: float = 0.0,
+        mlp_norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        if attention_layout not in ATTENTION_LAYOUTS:
+            raise ValueError(f"Unknown attention_layout {attention_layout!r}; choose one of {ATTENTION_LAYOUTS}.")
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"Unknown conditioning {conditioning!r}; choose one of {CONDITIONINGS}.")
+        if hidden_size % num_heads or hidden_size % 4:
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by 4 and by num_heads ({num_heads}).")
+        self.out_channels = 2 * in_channels if learn_sigma else in_channels
+        self.gradient_checkpointing = False
+        kernel = (temporal_patch_size, patch_size, patch_size)
+        self.patch_embed = nn.Conv3d(in_channels, hidden_size, kernel_size=kernel, stride=kernel)
+        self.timestep_embedder = TimestepEmbedder(hidden_size, freq_shift=timestep_freq_shift)
+        text = conditioning == "text"
+        if text:  # T5 features -> model width (PixArt-α's caption projection)
+            self.caption_projection = nn.Sequential(
+                nn.Linear(text_embed_dim, hidden_size), nn.GELU(approximate="tanh"), nn.Linear(hidden_size, hidden_size)
+            )
+        else:
+            self.class_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        mixings = {"interleaved": ["space", "time"], "factorized": ["space+time"], "full": ["spacetime"]}
+        self.blocks = nn.ModuleList(
+            VideoDiTBlock(hidden_size, num_heads, mlp_ratio, mixing, text, mlp_norm_eps)
+            for _ in range(depth)
+            for mixing in mixings[attention_layout]
+        )
+        self.final_layer = FinalLayer(hidden_size, temporal_patch_size * patch_size**2 * self.out_channels)
+        self.initialize_weights()
+
+    @property
+    def has_null_class(self) -> bool:
+        """Classifier-free guidance is possible: text models guide with an empty prompt, class models need the
+        null class."""
+        return self.config.conditioning == "text" or self.class_embedder.has_null_class
+
+    def initialize_weights(self) -> None:
+        """The image DiT's initialisation; the cross-attention outputs start at zero too (as in PixArt-α)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.weight.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        if hasattr(self, "class_embedder"):
+            nn.init.normal_(self.class_embedder.embedding_table.weight, std=0.02)
+        else:
+            nn.init.normal_(self.caption_projection[0].weight, std=0.02)
+            nn.init.normal_(self.caption_projection[2].weight, std=0.02)
+        nn.init.normal_(self.timestep_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.timestep_embedder.mlp[2].weight, std=0.02)
+        zero = [self.final_layer.modulation, self.final_layer.linear]
+        for block in self.blocks:
+            zero += [block.modulation] + ([block.cross_attn.proj] if hasattr(block, "cross_attn") else [])
+        for layer in zero:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    @classmethod
+    def from_image_dit(
+        cls, dit: DiTModel, attention_layout: str = "factorized", conditioning: str = "class", **config
+    ) -> "VideoDiTModel":
+        """A video DiT whose spatial layers are copies of a trained `DiTModel`'s and whose temporal layers (and
+        cross-attention) start as the identity, so that at first it predicts each frame as the image model does:
+        for the same class with `conditioning="class"`, and as for the null class with `conditioning="text"` (its
+        embedding is folded into the timestep embedder's output bias). `config` sets the rest (`sample_frames`,
+        `text_embed_dim`, ...)."""
+        if attention_layout == "full":
+            raise ValueError("attention_layout='full' mixes frames in every block: it cannot start as the image model.")
+        c = dit.config
+        if conditioning == "text" and not dit.has_null_class:
+            raise ValueError("A text-conditioned video DiT starts from the image DiT's null class, which it lacks.")
+        video = cls(
+            sample_size=c.sample_size, patch_size=c.patch_size, temporal_patch_size=1, in_channels=c.in_channels,
+            hidden_size=c.hidden_size, depth=c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio,
+            attention_layout=attention_layout, conditioning=conditioning, num_classes=c.num_classes,
+            class_dropout_prob=c.class_dropout_prob, learn_sigma=c.learn_sigma,
+            timestep_freq_shift=c.timestep_freq_shift, mlp_norm_eps=c.mlp_norm_eps, **config,
+        )  # fmt: skip
+        with torch.no_grad():
+            video.patch_embed.weight.copy_(dit.patch_embed.weight[:, :, None])
+            video.patch_embed.bias.copy_(dit.patch_embed.bias)
+            video.timestep_embedder.load_state_dict(dit.timestep_embedder.state_dict())
+            video.final_layer.load_state_dict(dit.final_layer.state_dict())
+            if conditioning == "class":
+                video.class_embedder.load_state_dict(dit.class_embedder.state_dict())
+            else:
+                video.timestep_embedder.mlp[2].bias += dit.class_embedder.embedding_table.weight[c.num_classes]
+            spatial = video.blocks[::2] if attention_layout == "interleaved" else video.blocks
+            for target, source in zip(spatial, dit.blocks):
+                for name in ("attn", "mlp"):
+                    getattr(target, name).load_state_dict(getattr(source, name).state_dict())
+                rows = source.modulation.out_features  # the 6 spatial chunks; temporal ones stay zero
+                target.modulation.weight[:rows] = source.modulation.weight
+                target.modulation.bias[:rows] = source.modulation.bias
+        return video
+
+    def temporal_positions(self, frames: int) -> torch.Tensor:
+        """(frames, D) sin-cos features of the token frame indices, squeezed into [0, sample_frames' - 1] for
+        longer clips when `interpolate_temporal_positions` (sample_frames' = trained token frames)."""
+        trained = max(self.config.sample_frames // self.config.temporal_patch_size, 1)
+        positions = torch.arange(frames, dtype=torch.float64)
+        if self.config.interpolate_temporal_positions and frames > trained:
+            positions = positions * (trained - 1) / (frames - 1)
+        return sincos_1d(self.config.hidden_size, positions).float()
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: Union[torch.Tensor, float, int],
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        class_labels: Optional[torch.Tensor] = None,
+        return_dict: bool = True,
+    ):
+        """Predict from a noisy latent video `sample` (B, C, F, H, W) at `timestep`, given T5 embeddings
+        `encoder_hidden_states` (B, L, text_embed_dim) with `encoder_attention_mask` (B, L; 1 = token, 0 = padding),
+        or `class_labels` (B,). Returns (B, C_out, F, H, W) in a `Transformer2DModelOutput`."""
+        b, _, frames, height, width = sample.shape
+        p, pt = self.config.patch_size, self.config.temporal_patch_size
+        if height % p or width % p or frames % pt:
+            raise ValueError(
+                f"Frames x height x width ({frames}x{height}x{width}) must be divisible by the tubelet {pt}x{p}x{p}."
+            )
+        if self.config.conditioning == "text" and encoder_hidden_states is None:
+            raise ValueError("This model is text-conditioned: pass encoder_hidden_states (and its attention mask).")
+        if self.config.conditioning == "class" and class_labels is None:
+            raise ValueError("This model is class-conditioned: pass class_labels.")
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
+
+        x = self.patch_embed(sample)  # (B, D, F', H', W')
+        grid_f, grid_h, grid_w = x.shape[2:]
+        x = rearrange(x, "b d f h w -> b f (h w) d")
+        x = x + sincos_2d(self.config.hidden_size, grid_h, grid_w).to(x.device, x.dtype)
+        temporal_pos = self.temporal_positions(grid_f).to(x.device, x.dtype)[None, :, None]  # (1, F', 1, D)
+        t_emb = self.timestep_embedder(timestep)
+        if self.config.conditioning == "text":
+            condition = F.silu(t_emb).to(x.dtype)
+            context = self.caption_projection(encoder_hidden_states.to(x.dtype))
+        else:
+            condition = F.silu(t_emb + self.class_embedder(class_labels)).to(x.dtype)
+            context = None
+        for block in self.blocks:
+            args = (x, condition, temporal_pos, context, encoder_attention_mask)
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                x = self._gradient_checkpointing_func(block, *args)
+            else:
+                x = block(*args)
+        x = self.final_layer(x, condition)  # (B, F', S, pt*p*p*C_out)
+        output = rearrange(
+            x, "b f (h w) (pt p q c) -> b c (f pt) (h p) (w q)", h=grid_h, pt=pt, p=p, q=p, c=self.out_channels
+        )
+        if not return_dict:
+            return (output,)
+        return Transformer2DModelOutput(sample=output)
