@@ -10,7 +10,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
 
 from dit_pipelines import DiTDDIMScheduler, DiTDDPMScheduler, DiTImagePipeline
-from dit_pipelines.pipelines.pipeline_dit_image import guide
+from dit_pipelines.pipelines.common import guide
 
 DIGITS = {i: f"digit {i}, number {i}" for i in range(10)}
 

@@ -9,7 +9,7 @@ import sys
 import diffusers
 
 from .models import DIT_PRESETS, DiTModel, VideoDiTModel
-from .pipelines import DiTImagePipeline
+from .pipelines import DiTImagePipeline, DiTTextToVideoPipeline
 from .schedulers import DiffusionLoss, DiTDDIMScheduler, DiTDDPMScheduler, GaussianDiffusion, space_timesteps
 
 __version__ = "0.1.0"
@@ -20,6 +20,7 @@ __all__ = [
     "DiTDDPMScheduler",
     "DiTImagePipeline",
     "DiTModel",
+    "DiTTextToVideoPipeline",
     "DiffusionLoss",
     "GaussianDiffusion",
     "space_timesteps",
@@ -35,9 +36,10 @@ def _register_with_diffusers() -> None:
       library visible as `diffusers.pipelines.<name>` is also accepted when loading by Hub repo id
       (diffusers issue #6563).
     """
-    for cls in (DiTModel, VideoDiTModel, DiTDDPMScheduler, DiTDDIMScheduler, DiTImagePipeline):
+    for cls in (DiTModel, VideoDiTModel, DiTDDPMScheduler, DiTDDIMScheduler, DiTImagePipeline, DiTTextToVideoPipeline):
         cls.__module__ = __name__
     diffusers.DiTImagePipeline = DiTImagePipeline
+    diffusers.DiTTextToVideoPipeline = DiTTextToVideoPipeline
     diffusers.pipelines.dit_pipelines = sys.modules[__name__]
 
 

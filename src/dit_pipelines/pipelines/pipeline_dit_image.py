@@ -1,6 +1,5 @@
 """`DiTImagePipeline`: class-conditional image generation with a DiT, in pixel space or on VAE latents."""
 
-import inspect
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -10,25 +9,11 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..models import DiTModel
+from .common import guide, step_kwargs, uses_learned_variance
 
 ClassLabels = Union[int, str, List[Union[int, str]], torch.Tensor]
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DEFAULT_NUM_INFERENCE_STEPS = 50  # when the scheduler has no configured respacing
-# Schedulers whose `step` samples with a learned variance from 2C-channel outputs; the others get the C prediction
-# channels. (diffusers' DPM-Solvers with variance_type="learned_range" keep the first 3 channels of any output, for
-# pixel-space models: use them with the default variance_type on 4-channel latents.)
-VARIANCE_SCHEDULERS = ("DiTDDPMScheduler", "DDPMScheduler", "DDPMParallelScheduler")
-
-
-def guide(model_output: torch.Tensor, scale: float, channels: int, guidance_channels: Optional[int] = None):
-    """Classifier-free guidance (Ho & Salimans, 2022) on a doubled batch [conditional; unconditional]:
-    pred = uncond + scale * (cond - uncond) on the first `guidance_channels` prediction channels (all `channels` by
-    default; the original DiT guides 3 of 4), the conditional prediction on the others, and the variance channels
-    (if any) of the conditional half. Returns the conditional half, (N/2, C_out, H, W)."""
-    conditional, unconditional = model_output.chunk(2)
-    g = channels if guidance_channels is None else guidance_channels
-    guided = unconditional[:, :g] + scale * (conditional[:, :g] - unconditional[:, :g])
-    return torch.cat([guided, conditional[:, g:]], dim=1)
 
 
 class DiTImagePipeline(DiffusionPipeline):
@@ -101,10 +86,6 @@ class DiTImagePipeline(DiffusionPipeline):
         if not ids or bad:
             raise ValueError(f"Class labels must be in [0, {num_classes - 1}], got {ids if not ids else bad}.")
         return ids
-
-    def _uses_learned_variance(self) -> bool:
-        variance_type = getattr(self.scheduler.config, "variance_type", None)
-        return type(self.scheduler).__name__ in VARIANCE_SCHEDULERS and variance_type in ("learned", "learned_range")
 
     def check_inputs(
         self,
@@ -264,14 +245,9 @@ class DiTImagePipeline(DiffusionPipeline):
         labels = torch.tensor(ids, device=device)
         guided_labels = torch.cat([labels, torch.full_like(labels, config.num_classes)])
         low, high = guidance_interval or (0, float("inf"))
-        step_kwargs = {}
-        step_parameters = inspect.signature(self.scheduler.step).parameters
-        if "eta" in step_parameters:
-            step_kwargs["eta"] = eta
-        if "generator" in step_parameters:
-            step_kwargs["generator"] = generator
+        extra_step_kwargs = step_kwargs(self.scheduler, eta=eta, generator=generator)
         # Schedulers with a learned variance take all channels; the others the prediction only.
-        step_channels = None if self._uses_learned_variance() else config.in_channels
+        step_channels = None if uses_learned_variance(self.scheduler) else config.in_channels
 
         # 3. Denoise.
         timesteps = self.scheduler.timesteps
@@ -284,7 +260,7 @@ class DiTImagePipeline(DiffusionPipeline):
             model_output = self.transformer(model_input, t, guided_labels if guided else labels).sample.float()
             if guided:
                 model_output = guide(model_output, self.guidance_scale, config.in_channels, guidance_channels)
-            latents = self.scheduler.step(model_output[:, :step_channels], t, latents, **step_kwargs).prev_sample
+            latents = self.scheduler.step(model_output[:, :step_channels], t, latents, **extra_step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 tensors = {"latents": latents}
                 callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}

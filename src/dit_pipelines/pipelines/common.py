@@ -1,0 +1,34 @@
+"""What the image and video pipelines share: classifier-free guidance and how they call a scheduler."""
+
+import inspect
+from typing import Optional
+
+import torch
+
+# Schedulers whose `step` samples with a learned variance from 2C-channel outputs; the others get the C prediction
+# channels. (diffusers' DPM-Solvers with variance_type="learned_range" keep the first 3 channels of any output, for
+# pixel-space models: use them with the default variance_type on 4-channel latents.)
+VARIANCE_SCHEDULERS = ("DiTDDPMScheduler", "DDPMScheduler", "DDPMParallelScheduler")
+
+
+def uses_learned_variance(scheduler) -> bool:
+    """Whether `scheduler.step` samples with a learned variance and so takes the 2C-channel model output."""
+    variance_type = getattr(scheduler.config, "variance_type", None)
+    return type(scheduler).__name__ in VARIANCE_SCHEDULERS and variance_type in ("learned", "learned_range")
+
+
+def step_kwargs(scheduler, **candidates) -> dict:
+    """The keyword arguments among `candidates` (eta, generator, ...) that `scheduler.step` accepts."""
+    parameters = inspect.signature(scheduler.step).parameters
+    return {name: value for name, value in candidates.items() if name in parameters}
+
+
+def guide(model_output: torch.Tensor, scale: float, channels: int, guidance_channels: Optional[int] = None):
+    """Classifier-free guidance (Ho & Salimans, 2022) on a doubled batch [conditional; unconditional]:
+    pred = uncond + scale * (cond - uncond) on the first `guidance_channels` prediction channels (all `channels` by
+    default; the original DiT guides 3 of 4), the conditional prediction on the others, and the variance channels
+    (if any) of the conditional half. Returns the conditional half, (N/2, C_out, H, W)."""
+    conditional, unconditional = model_output.chunk(2)
+    g = channels if guidance_channels is None else guidance_channels
+    guided = unconditional[:, :g] + scale * (conditional[:, :g] - unconditional[:, :g])
+    return torch.cat([guided, conditional[:, g:]], dim=1)

@@ -1,0 +1,288 @@
+"""`DiTTextToVideoPipeline`: text-to-video generation with a spatio-temporal DiT on VAE latents and T5 prompts."""
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple, Union
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+from einops import rearrange
+
+from ..models import VideoDiTModel
+from ..text_encoders import encode_text
+from .common import guide, step_kwargs, uses_learned_variance
+
+OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+DEFAULT_NUM_INFERENCE_STEPS = 50  # when the scheduler has no configured respacing
+
+
+@dataclass
+class DiTVideoPipelineOutput(BaseOutput):
+    """`frames`: (B, F, H, W, C) floats in [0, 1] for "np", a list of B lists of F PIL images for "pil",
+    (B, F, C, H, W) for "pt", latents (B, C, F, h, w) for "latent" (diffusers' video convention, so that
+    `diffusers.utils.export_to_video(frames[0])` and `export_to_gif` work)."""
+
+    frames: Union[np.ndarray, torch.Tensor, List[List[PIL.Image.Image]]]
+
+
+class DiTTextToVideoPipeline(DiffusionPipeline):
+    r"""Text-to-video generation with a `VideoDiTModel` (Latte / STDiT family).
+
+    Components:
+        tokenizer (`T5TokenizerFast`), text_encoder (`T5EncoderModel`): the prompt encoder (any T5; this project
+            trains a small one offline, see `dit_pipelines.text_encoders`).
+        transformer ([`VideoDiTModel`]) with `conditioning="text"`.
+        scheduler: [`DiTDDPMScheduler`] / [`DiTDDIMScheduler`] or any diffusers scheduler.
+        vae ([`AutoencoderKL`], *optional*): decodes latents frame by frame; without it the model works on pixels.
+
+    Example:
+        >>> from diffusers import DiffusionPipeline
+        >>> from diffusers.utils import export_to_gif
+        >>> import dit_pipelines
+        >>> pipe = DiffusionPipeline.from_pretrained("path/to/saved/pipeline")  # doctest: +SKIP
+        >>> frames = pipe("the digit 3 moves up", num_frames=8).frames[0]  # doctest: +SKIP
+        >>> export_to_gif(frames, "three.gif")  # doctest: +SKIP
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _optional_components = ["vae"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    def __init__(
+        self, tokenizer, text_encoder, transformer: VideoDiTModel, scheduler, vae: Optional[AutoencoderKL] = None
+    ):
+        super().__init__()
+        self.register_modules(
+            tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, scheduler=scheduler, vae=vae
+        )
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    def encode_prompt(
+        self,
+        prompt: Union[str, List[str], None],
+        negative_prompt: Union[str, List[str]] = "",
+        do_classifier_free_guidance: bool = True,
+        num_videos_per_prompt: int = 1,
+        device: Optional[torch.device] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        prompt_attention_mask: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_attention_mask: Optional[torch.Tensor] = None,
+        max_sequence_length: Optional[int] = None,
+    ):
+        """T5 embeddings and masks of the prompts (and of the negative prompts when guiding), repeated
+        `num_videos_per_prompt` times: (embeds, mask, negative_embeds, negative_mask), the last two `None` without
+        guidance. Precomputed embeddings must come with their masks."""
+        device = device or self._execution_device
+        max_sequence_length = max_sequence_length or self.tokenizer.model_max_length
+        if prompt_embeds is None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompt_embeds, prompt_attention_mask = encode_text(
+                self.tokenizer, self.text_encoder, prompts, max_sequence_length, device
+            )
+        batch = prompt_embeds.shape[0]
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negatives = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negatives) != batch:
+                raise ValueError(f"Got {len(negatives)} negative prompts for {batch} prompts.")
+            negative_prompt_embeds, negative_prompt_attention_mask = encode_text(
+                self.tokenizer, self.text_encoder, negatives, prompt_embeds.shape[1], device
+            )
+
+        def repeat(x):
+            return None if x is None else x.to(device).repeat_interleave(num_videos_per_prompt, dim=0)
+
+        if not do_classifier_free_guidance:
+            negative_prompt_embeds = negative_prompt_attention_mask = None
+        return tuple(
+            map(repeat, (prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask))
+        )
+
+    def check_inputs(self, prompt, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
+                     negative_prompt_attention_mask, num_frames, height, width, output_type,
+                     callback_tensor_inputs):  # fmt: skip
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("Pass exactly one of `prompt` and `prompt_embeds`.")
+        if prompt_embeds is not None and prompt_attention_mask is None:
+            raise ValueError("`prompt_embeds` need their `prompt_attention_mask` (1 = token, 0 = padding).")
+        if negative_prompt_embeds is not None and negative_prompt_attention_mask is None:
+            raise ValueError("`negative_prompt_embeds` need their `negative_prompt_attention_mask`.")
+        if (
+            prompt_embeds is not None
+            and negative_prompt_embeds is not None
+            and (prompt_embeds.shape != negative_prompt_embeds.shape)
+        ):
+            raise ValueError(
+                f"prompt_embeds {tuple(prompt_embeds.shape)} and negative_prompt_embeds "
+                f"{tuple(negative_prompt_embeds.shape)} must have the same shape."
+            )
+        if self.transformer.config.conditioning != "text":
+            raise ValueError("DiTTextToVideoPipeline needs a VideoDiTModel with conditioning='text'.")
+        factor = self.vae_scale_factor * self.transformer.config.patch_size
+        if height % factor or width % factor:
+            raise ValueError(f"height and width must be divisible by {factor}, got {height}x{width}.")
+        if num_frames < 1 or num_frames % self.transformer.config.temporal_patch_size:
+            raise ValueError(
+                f"num_frames must be a positive multiple of the temporal patch size "
+                f"{self.transformer.config.temporal_patch_size}, got {num_frames}."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}.")
+        if set(callback_tensor_inputs) - set(self._callback_tensor_inputs):
+            raise ValueError(f"callback_on_step_end_tensor_inputs may only contain {self._callback_tensor_inputs}.")
+
+    def decode_latents(self, latents: torch.Tensor, decode_chunk_size: Optional[int] = None) -> torch.Tensor:
+        """(B, C, F, h, w) latents -> (B, C_img, F, H, W) pixels in [-1, 1], decoding `decode_chunk_size` frames at
+        a time (all at once by default)."""
+        if self.vae is None:
+            return latents
+        config = self.vae.config
+        frames = rearrange(latents, "b c f h w -> (b f) c h w")
+        frames = frames / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
+        chunk = decode_chunk_size or frames.shape[0]
+        decoded = [
+            self.vae.decode(frames[i : i + chunk].to(self.vae.dtype)).sample for i in range(0, len(frames), chunk)
+        ]
+        return rearrange(torch.cat(decoded).float(), "(b f) c h w -> b c f h w", b=latents.shape[0])
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return getattr(self, "_interrupt", False)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: Union[str, List[str], None] = None,
+        negative_prompt: Union[str, List[str]] = "",
+        num_frames: Optional[int] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        num_inference_steps: Optional[int] = None,
+        guidance_scale: float = 4.0,
+        eta: float = 0.0,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        latents: Optional[torch.Tensor] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        prompt_attention_mask: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_attention_mask: Optional[torch.Tensor] = None,
+        num_videos_per_prompt: int = 1,
+        max_sequence_length: Optional[int] = None,
+        decode_chunk_size: Optional[int] = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Union[Callable, PipelineCallback, MultiPipelineCallbacks]] = None,
+        callback_on_step_end_tensor_inputs: List[str] = ("latents",),
+        guidance_interval: Optional[Tuple[int, int]] = None,
+    ):
+        r"""Generate videos from text.
+
+        Args:
+            prompt (`str` or `list`): what to show; or pass `prompt_embeds` with `prompt_attention_mask`.
+            negative_prompt (`str` or `list`, defaults to ""): the unconditional branch of classifier-free guidance.
+            num_frames (`int`, *optional*): frames to generate; defaults to the model's `sample_frames`. Counts
+                unseen in training work (temporal positions are interpolated).
+            height, width (`int`, *optional*): frame size in pixels; defaults to `sample_size` x the VAE factor.
+            num_inference_steps (`int`, *optional*): defaults to the scheduler's `timestep_respacing`, else 50.
+            guidance_scale (`float`, defaults to 4.0): classifier-free guidance; <= 1 turns it off.
+            eta (`float`, defaults to 0.0): DDIM's eta, for schedulers whose `step` takes it.
+            generator (`torch.Generator`, *optional*): for the initial noise and the sampling noise.
+            latents (`torch.Tensor`, *optional*): initial noise (B, C, F, h, w).
+            prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask: precomputed
+                T5 embeddings (B, L, D) and masks (B, L).
+            num_videos_per_prompt (`int`, defaults to 1): videos per prompt.
+            max_sequence_length (`int`, *optional*): T5 tokens; defaults to the tokenizer's `model_max_length`.
+            decode_chunk_size (`int`, *optional*): frames decoded by the VAE at once (lower it to save memory).
+            output_type (`str`, defaults to "np"): "np", "pil", "pt" or "latent" (see `DiTVideoPipelineOutput`).
+            return_dict (`bool`, defaults to `True`): return a `DiTVideoPipelineOutput` rather than a tuple.
+            callback_on_step_end (`Callable`, *optional*): `callback(pipe, i, t, callback_kwargs)` after each step;
+                may return replacements for the tensors in `callback_on_step_end_tensor_inputs`.
+            guidance_interval (`(int, int)`, *optional*): guide only at timesteps `low <= t <= high`.
+
+        Returns:
+            `DiTVideoPipelineOutput` with `frames`, or the tuple `(frames,)`.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        config = self.transformer.config
+        num_frames = num_frames or config.sample_frames
+        height = height or config.sample_size * self.vae_scale_factor
+        width = width or config.sample_size * self.vae_scale_factor
+        self.check_inputs(prompt, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
+                          negative_prompt_attention_mask, num_frames, height, width, output_type,
+                          callback_on_step_end_tensor_inputs)  # fmt: skip
+        self._guidance_scale, self._interrupt = guidance_scale, False
+        device = self._execution_device
+        do_guidance = self.do_classifier_free_guidance
+
+        prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask = (
+            self.encode_prompt(prompt, negative_prompt, do_guidance, num_videos_per_prompt, device, prompt_embeds,
+                               prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask,
+                               max_sequence_length)
+        )  # fmt: skip
+        batch = prompt_embeds.shape[0]
+        if num_inference_steps is None and getattr(self.scheduler.config, "timestep_respacing", None) is None:
+            num_inference_steps = DEFAULT_NUM_INFERENCE_STEPS
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self._num_timesteps = len(self.scheduler.timesteps)
+        shape = (batch, config.in_channels, num_frames, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
+        latents = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
+
+        extra = step_kwargs(self.scheduler, eta=eta, generator=generator)
+        step_channels = None if uses_learned_variance(self.scheduler) else config.in_channels
+        low, high = guidance_interval or (0, float("inf"))
+        dtype = self.transformer.dtype
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            if self.interrupt:
+                break
+            guided = do_guidance and low <= t <= high
+            if guided:
+                model_input = torch.cat([latents, latents])
+                states = torch.cat([prompt_embeds, negative_prompt_embeds])
+                mask = torch.cat([prompt_attention_mask, negative_prompt_attention_mask])
+            else:
+                model_input, states, mask = latents, prompt_embeds, prompt_attention_mask
+            model_input = self.scheduler.scale_model_input(model_input, t).to(dtype)
+            output = self.transformer(model_input, t, encoder_hidden_states=states.to(dtype),
+                                      encoder_attention_mask=mask).sample.float()  # fmt: skip
+            if guided:
+                output = guide(output, self.guidance_scale, config.in_channels)
+            latents = self.scheduler.step(output[:, :step_channels], t, latents, **extra).prev_sample
+            if callback_on_step_end is not None:
+                tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
+                           "negative_prompt_embeds": negative_prompt_embeds}  # fmt: skip
+                outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
+                latents = (outputs or {}).pop("latents", latents)
+
+        if output_type == "latent":
+            frames = latents
+        else:
+            frames = self.video_processor.postprocess_video(
+                self.decode_latents(latents, decode_chunk_size), output_type
+            )
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return DiTVideoPipelineOutput(frames=frames)

@@ -1,0 +1,59 @@
+"""T5 text conditioning: encoding prompts, and, since no pretrained T5 can be downloaded here, a T5 tokenizer
+trained on the project's own captions and a small randomly initialised T5 encoder. Online users pass real ones
+(`T5TokenizerFast.from_pretrained("google/t5-v1_1-xxl")`, ...).
+
+>>> from dit_pipelines.text_encoders import small_t5_encoder, train_t5_tokenizer
+>>> tokenizer = train_t5_tokenizer(["the digit 3 moves up", "the digit 7 moves left"] * 20, model_max_length=32)
+>>> encoder = small_t5_encoder(len(tokenizer), d_model=32)
+>>> embeds, mask = encode_text(tokenizer, encoder, ["the digit 3 moves left"], max_sequence_length=32)
+>>> embeds.shape, bool(mask[0, 0]), bool(mask[0, -1])  # tokens first, then padding
+(torch.Size([1, 32, 32]), True, False)
+"""
+
+import json
+from typing import List, Optional, Tuple
+
+import torch
+
+
+def train_t5_tokenizer(texts: List[str], vocab_size: int = 256, model_max_length: int = 32):
+    """A `T5TokenizerFast` with a unigram vocabulary learned from `texts` (T5's special tokens: pad 0, eos 1,
+    unk 2, and 100 sentinel ids), saved and loaded with `save_pretrained` / `from_pretrained` like any other."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import T5TokenizerFast
+
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    vocab = [tuple(piece) for piece in json.loads(tokenizer.to_str())["model"]["vocab"]]
+    return T5TokenizerFast(vocab=vocab, extra_ids=100, model_max_length=model_max_length)
+
+
+def small_t5_encoder(vocab_size: int, d_model: int = 64, num_layers: int = 2, num_heads: int = 4, seed: int = 0):
+    """A randomly initialised `T5EncoderModel` (T5 v1.1 layout: gated-GELU feed-forward of 2·d_model): frozen, it
+    is a fixed random feature map of the tokens, which is all a caption vocabulary of this size needs."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=vocab_size, d_model=d_model, d_kv=d_model // num_heads, d_ff=2 * d_model, num_layers=num_layers,
+        num_heads=num_heads, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return T5EncoderModel(config).eval()
+
+
+@torch.no_grad()
+def encode_text(
+    tokenizer, text_encoder, prompts: List[str], max_sequence_length: int, device: Optional[torch.device] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """T5 embeddings (B, L, d_model) and attention mask (B, L) of `prompts`, padded to `max_sequence_length`."""
+    tokens = tokenizer(
+        prompts, padding="max_length", max_length=max_sequence_length, truncation=True, return_tensors="pt"
+    )
+    device = device or text_encoder.device
+    ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
+    return text_encoder(ids, attention_mask=mask).last_hidden_state, mask
