@@ -25,8 +25,9 @@ def components():
     vae = AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8, 8), latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         norm_num_groups=4, layers_per_block=1, scaling_factor=0.6).eval()  # fmt: skip
-    transformer = randomize_(VideoDiTModel(sample_size=4, sample_frames=3, patch_size=2, in_channels=4,
-                                           hidden_size=32, depth=1, num_heads=4, text_embed_dim=16), std=0.1)  # fmt: skip
+    transformer = VideoDiTModel(sample_size=4, sample_frames=3, patch_size=2, in_channels=4, hidden_size=32, depth=1,
+                                num_heads=4, text_embed_dim=16)  # fmt: skip
+    randomize_(transformer, std=0.1)
     return dict(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer.eval(), vae=vae)
 
 
