@@ -139,3 +139,15 @@ def test_bad_inputs(pipe, components):
                                    DiTDDPMScheduler(), components["vae"])  # fmt: skip
     with pytest.raises(ValueError, match="needs a VideoDiTModel with conditioning='text'"):
         wrong("x")
+
+
+def test_tokenizer_training_is_deterministic_across_processes():
+    """The tokenizers trainer breaks score ties (and rounds scores) differently in each process; a resumed training
+    run retrains the tokenizer, so its vocabulary must not depend on the process."""
+    script = textwrap.dedent(f"""
+        from dit_pipelines.text_encoders import train_t5_tokenizer
+        print(train_t5_tokenizer({CAPTIONS!r}, vocab_size=64).backend_tokenizer.to_str())
+    """)
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]  # fmt: skip
+    assert runs[0] == runs[1] and '"<pad>"' in runs[0]

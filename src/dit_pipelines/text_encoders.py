@@ -18,7 +18,7 @@ import torch
 
 def train_t5_tokenizer(texts: List[str], vocab_size: int = 256, model_max_length: int = 32):
     """A `T5TokenizerFast` with a unigram vocabulary learned from `texts` (T5's special tokens: pad 0, eos 1,
-    unk 2, and 100 sentinel ids), saved and loaded with `save_pretrained` / `from_pretrained` like any other."""
+    unk 2, and 100 sentinel ids), deterministic given `texts`, saved and loaded with `save_pretrained` / `from_pretrained` like any other."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import T5TokenizerFast
 
@@ -29,7 +29,11 @@ def train_t5_tokenizer(texts: List[str], vocab_size: int = 256, model_max_length
         vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
     )
     tokenizer.train_from_iterator(texts, trainer)
-    vocab = [tuple(piece) for piece in json.loads(tokenizer.to_str())["model"]["vocab"]]
+    vocab = [(piece, round(score, 6)) for piece, score in json.loads(tokenizer.to_str())["model"]["vocab"]]
+    # The trainer's scores vary in their last bits and it orders pieces of equal score differently from run to run;
+    # round and sort them so that the same texts always give the same token ids (a resumed run must embed its
+    # captions exactly as the first run did).
+    vocab = vocab[:3] + sorted(vocab[3:], key=lambda piece: (-piece[1], piece[0]))
     return T5TokenizerFast(vocab=vocab, extra_ids=100, model_max_length=model_max_length)
 
 

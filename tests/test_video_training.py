@@ -1,0 +1,110 @@
+"""The video training scripts end to end on a few generated clips."""
+
+import os
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline
+from safetensors.torch import load_file
+
+from dit_pipelines import DiTModel, DiTTextToVideoPipeline
+from training import train_vae, train_video_dit
+
+from .test_training import fresh_accelerate_state  # noqa: F401 (autouse fixture)
+
+
+@pytest.fixture(scope="module")
+def fake_mnist():
+    """40 "digits" (white squares of ten sizes, labelled by size) laid out like `load_mnist()`."""
+    import datasets
+    import numpy as np
+
+    images = np.zeros((40, 28, 28), np.uint8)
+    for i in range(40):
+        half = 3 + i % 10 // 2
+        images[i, 14 - half : 14 + half, 14 - half : 14 + half] = 255
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+    split = datasets.Dataset.from_dict({"image": list(images), "label": [i % 10 for i in range(40)]}, features=features)
+    return datasets.DatasetDict({"train": split, "validation": split, "test": split})
+
+
+@pytest.fixture(autouse=True)
+def offline_mnist(fake_mnist, monkeypatch):
+    import training.video_data as video_data
+
+    monkeypatch.setattr(video_data, "load_mnist", lambda: fake_mnist)
+
+
+def video_args(output_dir, *extra):
+    return [
+        "--num_clips", "64", "--train_batch_size", "8", "--hidden_size", "32", "--depth", "1",
+        "--sampling_respacing", "3", "--num_inference_steps", "3", "--t5_d_model", "16",
+        "--output_dir", str(output_dir), *extra,
+    ]  # fmt: skip
+
+
+def test_tiny_video_run_saves_a_loadable_pipeline(tmp_path):
+    out = train_video_dit.main(train_video_dit.parse_args(video_args(
+        tmp_path / "run", "--max_train_steps", "3", "--image_batch_size", "4", "--validation_steps", "3")))
+    assert (tmp_path / "run" / "validation" / "step-3.gif").exists()
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert isinstance(pipe, DiTTextToVideoPipeline) and pipe.vae is None
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe("the digit 3 moves up", num_frames=5, generator=torch.manual_seed(0)).frames
+    assert frames.shape == (1, 5, 32, 32, 1)
+
+
+def test_video_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    common = ["--max_train_steps", "5", "--checkpointing_steps", "2", "--ema_decay", "0.9", "--image_batch_size", "2"]
+    train_video_dit.main(train_video_dit.parse_args(video_args(tmp_path / "full", *common)))
+    (tmp_path / "resumed").mkdir()
+    os.rename(tmp_path / "full" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    train_video_dit.main(train_video_dit.parse_args(
+        video_args(tmp_path / "resumed", *common, "--resume_from_checkpoint", "latest")))
+    name = os.path.join("transformer", "diffusion_pytorch_model.safetensors")
+    full, resumed = load_file(str(tmp_path / "full" / name)), load_file(str(tmp_path / "resumed" / name))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_vae_training_then_latent_video_training(tmp_path):
+    vae_dir = train_vae.main(train_vae.parse_args(["--num_clips", "80", "--max_train_steps", "2",
+                                                   "--block_out_channels", "8", "8", "--train_batch_size", "8",
+                                                   "--output_dir", str(tmp_path / "vae")]))  # fmt: skip
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    assert vae.config.latent_channels == 4 and vae.config.scaling_factor != 1.0
+    out = train_video_dit.main(train_video_dit.parse_args(video_args(
+        tmp_path / "latent", "--max_train_steps", "2", "--vae", vae_dir, "--precompute_latents")))
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert pipe.vae is not None and pipe.transformer.config.sample_size == 16 and pipe.transformer.config.in_channels == 4
+
+
+@pytest.mark.parametrize("layout", ["factorized", "interleaved"])
+def test_init_from_image_dit_and_train_temporal_only(tmp_path, layout):
+    image = DiTModel(sample_size=32, patch_size=4, in_channels=1, hidden_size=32, depth=2, num_heads=2,
+                     num_classes=10, class_dropout_prob=0.1)  # fmt: skip
+    with torch.no_grad():  # a "trained" image model: its zero-initialised output layers would pass no gradient
+        for parameter in image.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    image.save_pretrained(tmp_path / "image")
+    out = train_video_dit.main(train_video_dit.parse_args(video_args(
+        tmp_path / "video", "--max_train_steps", "3", "--learning_rate", "1e-2", "--init_from_image_dit",
+        str(tmp_path / "image"), "--train_temporal_only", "--attention_layout", layout, "--ema_decay", "0.0")))
+    video = DiffusionPipeline.from_pretrained(out).transformer
+    spatial = video.blocks[::2] if layout == "interleaved" else video.blocks
+    for target, source in zip(spatial, image.blocks):
+        assert torch.equal(target.attn.qkv.weight, source.attn.qkv.weight)  # frozen
+        assert torch.equal(target.modulation.weight[: 6 * 32], source.modulation.weight)
+    temporal = video.blocks[1].modulation if layout == "interleaved" else video.blocks[0].modulation
+    assert temporal.weight[6 * 32 :].abs().sum() > 0 if layout == "factorized" else temporal.weight.abs().sum() > 0
+    assert video.blocks[0].cross_attn.proj.weight.abs().sum() > 0  # the new cross-attention trained
+
+
+def test_video_errors(tmp_path):
+    with pytest.raises(ValueError, match="--resume_from_checkpoint '/nowhere' is not a checkpoint folder"):
+        train_video_dit.main(train_video_dit.parse_args(video_args(tmp_path / "x", "--resume_from_checkpoint",
+                                                                   "/nowhere")))  # fmt: skip
+    image = DiTModel(sample_size=32, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=10)
+    image.save_pretrained(tmp_path / "rgb")
+    with pytest.raises(ValueError, match="The image DiT takes 3 channels, the data has 1"):
+        train_video_dit.main(train_video_dit.parse_args(video_args(tmp_path / "y", "--init_from_image_dit",
+                                                                   str(tmp_path / "rgb"))))  # fmt: skip
