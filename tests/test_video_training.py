@@ -35,6 +35,10 @@ def offline_mnist(fake_mnist, monkeypatch):
     monkeypatch.setattr(video_data, "load_mnist", lambda: fake_mnist)
 
 
+def train_video(output_dir, *extra) -> str:
+    return train_video_dit.main(train_video_dit.parse_args(video_args(output_dir, *extra)))
+
+
 def video_args(output_dir, *extra):
     return [
         "--num_clips", "64", "--train_batch_size", "8", "--hidden_size", "32", "--depth", "1",
@@ -44,8 +48,7 @@ def video_args(output_dir, *extra):
 
 
 def test_tiny_video_run_saves_a_loadable_pipeline(tmp_path):
-    out = train_video_dit.main(train_video_dit.parse_args(video_args(
-        tmp_path / "run", "--max_train_steps", "3", "--image_batch_size", "4", "--validation_steps", "3")))
+    out = train_video(tmp_path / "run", "--max_train_steps", "3", "--image_batch_size", "4", "--validation_steps", "3")
     assert (tmp_path / "run" / "validation" / "step-3.gif").exists()
     pipe = DiffusionPipeline.from_pretrained(out)
     assert isinstance(pipe, DiTTextToVideoPipeline) and pipe.vae is None
@@ -56,11 +59,10 @@ def test_tiny_video_run_saves_a_loadable_pipeline(tmp_path):
 
 def test_video_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     common = ["--max_train_steps", "5", "--checkpointing_steps", "2", "--ema_decay", "0.9", "--image_batch_size", "2"]
-    train_video_dit.main(train_video_dit.parse_args(video_args(tmp_path / "full", *common)))
+    train_video(tmp_path / "full", *common)
     (tmp_path / "resumed").mkdir()
     os.rename(tmp_path / "full" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
-    train_video_dit.main(train_video_dit.parse_args(
-        video_args(tmp_path / "resumed", *common, "--resume_from_checkpoint", "latest")))
+    train_video(tmp_path / "resumed", *common, "--resume_from_checkpoint", "latest")
     name = os.path.join("transformer", "diffusion_pytorch_model.safetensors")
     full, resumed = load_file(str(tmp_path / "full" / name)), load_file(str(tmp_path / "resumed" / name))
     assert all(torch.equal(full[k], resumed[k]) for k in full)
@@ -72,10 +74,10 @@ def test_vae_training_then_latent_video_training(tmp_path):
                                                    "--output_dir", str(tmp_path / "vae")]))  # fmt: skip
     vae = AutoencoderKL.from_pretrained(vae_dir)
     assert vae.config.latent_channels == 4 and vae.config.scaling_factor != 1.0
-    out = train_video_dit.main(train_video_dit.parse_args(video_args(
-        tmp_path / "latent", "--max_train_steps", "2", "--vae", vae_dir, "--precompute_latents")))
+    out = train_video(tmp_path / "latent", "--max_train_steps", "2", "--vae", vae_dir, "--precompute_latents")
     pipe = DiffusionPipeline.from_pretrained(out)
-    assert pipe.vae is not None and pipe.transformer.config.sample_size == 16 and pipe.transformer.config.in_channels == 4
+    config = pipe.transformer.config
+    assert pipe.vae is not None and config.sample_size == 16 and config.in_channels == 4
 
 
 @pytest.mark.parametrize("layout", ["factorized", "interleaved"])
@@ -86,9 +88,9 @@ def test_init_from_image_dit_and_train_temporal_only(tmp_path, layout):
         for parameter in image.parameters():
             parameter.add_(0.02 * torch.randn_like(parameter))
     image.save_pretrained(tmp_path / "image")
-    out = train_video_dit.main(train_video_dit.parse_args(video_args(
-        tmp_path / "video", "--max_train_steps", "3", "--learning_rate", "1e-2", "--init_from_image_dit",
-        str(tmp_path / "image"), "--train_temporal_only", "--attention_layout", layout, "--ema_decay", "0.0")))
+    out = train_video(tmp_path / "video", "--max_train_steps", "3", "--learning_rate", "1e-2", "--init_from_image_dit",
+                      str(tmp_path / "image"), "--train_temporal_only", "--attention_layout", layout,
+                      "--ema_decay", "0.0")  # fmt: skip
     video = DiffusionPipeline.from_pretrained(out).transformer
     spatial = video.blocks[::2] if layout == "interleaved" else video.blocks
     for target, source in zip(spatial, image.blocks):
@@ -101,10 +103,8 @@ def test_init_from_image_dit_and_train_temporal_only(tmp_path, layout):
 
 def test_video_errors(tmp_path):
     with pytest.raises(ValueError, match="--resume_from_checkpoint '/nowhere' is not a checkpoint folder"):
-        train_video_dit.main(train_video_dit.parse_args(video_args(tmp_path / "x", "--resume_from_checkpoint",
-                                                                   "/nowhere")))  # fmt: skip
+        train_video(tmp_path / "x", "--resume_from_checkpoint", "/nowhere")
     image = DiTModel(sample_size=32, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=10)
     image.save_pretrained(tmp_path / "rgb")
     with pytest.raises(ValueError, match="The image DiT takes 3 channels, the data has 1"):
-        train_video_dit.main(train_video_dit.parse_args(video_args(tmp_path / "y", "--init_from_image_dit",
-                                                                   str(tmp_path / "rgb"))))  # fmt: skip
+        train_video(tmp_path / "y", "--init_from_image_dit", str(tmp_path / "rgb"))

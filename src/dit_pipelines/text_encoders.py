@@ -18,7 +18,8 @@ import torch
 
 def train_t5_tokenizer(texts: List[str], vocab_size: int = 256, model_max_length: int = 32):
     """A `T5TokenizerFast` with a unigram vocabulary learned from `texts` (T5's special tokens: pad 0, eos 1,
-    unk 2, and 100 sentinel ids), deterministic given `texts`, saved and loaded with `save_pretrained` / `from_pretrained` like any other."""
+    unk 2, and 100 sentinel ids), deterministic given `texts`, saved and loaded with `save_pretrained` /
+    `from_pretrained` like any other."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import T5TokenizerFast
 
