@@ -10,31 +10,32 @@ trained on the project's own captions and a small randomly initialised T5 encode
 (torch.Size([1, 32, 32]), True, False)
 """
 
-import json
+import math
+from collections import Counter
 from typing import List, Optional, Tuple
 
 import torch
 
 
 def train_t5_tokenizer(texts: List[str], vocab_size: int = 256, model_max_length: int = 32):
-    """A `T5TokenizerFast` with a unigram vocabulary learned from `texts` (T5's special tokens: pad 0, eos 1,
-    unk 2, and 100 sentinel ids), deterministic given `texts`, saved and loaded with `save_pretrained` /
-    `from_pretrained` like any other."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """A `T5TokenizerFast` whose unigram vocabulary (T5's, as sentencepiece writes it: pad 0, eos 1, unk 2, then
+    pieces with log-probability scores, and 100 sentinel ids) is estimated from `texts`: the most frequent words as
+    whole pieces ("▁digit", scored by their log frequency), and every character of `texts` as a much less likely
+    fallback piece, so that known words are one token each and other words are spelled out. Deterministic given
+    `texts`; saved and loaded with `save_pretrained` / `from_pretrained` like any other tokenizer.
+
+    (The `tokenizers` UnigramTrainer, given a caption vocabulary this small, prunes every multi-character piece and
+    returns a character-level vocabulary, whose 35-token captions would not fit T5's sequence length.)"""
     from transformers import T5TokenizerFast
 
-    tokenizer = Tokenizer(models.Unigram())
-    tokenizer.normalizer = normalizers.NFKC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    vocab = [(piece, round(score, 6)) for piece, score in json.loads(tokenizer.to_str())["model"]["vocab"]]
-    # The trainer's scores vary in their last bits and it orders pieces of equal score differently from run to run;
-    # round and sort them so that the same texts always give the same token ids (a resumed run must embed its
-    # captions exactly as the first run did).
-    vocab = vocab[:3] + sorted(vocab[3:], key=lambda piece: (-piece[1], piece[0]))
+    words = Counter(word for text in texts for word in text.split())
+    chars = sorted({ch for text in texts for ch in text if not ch.isspace()} | {"▁"})
+    kept = sorted(words.items(), key=lambda item: (-item[1], item[0]))[: max(vocab_size - len(chars) - 3, 0)]
+    total = sum(count for _, count in kept) or 1
+    floor = math.log(1 / total) - 10.0  # a character costs more than any word: whole words win the segmentation
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [("▁" + word, round(math.log(count / total), 6)) for word, count in kept]
+    vocab += [(ch, floor) for ch in chars]
     return T5TokenizerFast(vocab=vocab, extra_ids=100, model_max_length=model_max_length)
 
 
