@@ -99,8 +99,9 @@ def test_the_benchmark_reports_generated_and_real_clips(tmp_path, monkeypatch):
     tokenizer = train_t5_tokenizer(captions, vocab_size=64, model_max_length=16)
     transformer = VideoDiTModel(sample_size=32, sample_frames=8, patch_size=8, temporal_patch_size=2, in_channels=1,
                                 hidden_size=16, depth=1, num_heads=2, text_embed_dim=8)  # fmt: skip
-    pipe = DiTTextToVideoPipeline(tokenizer, small_t5_encoder(len(tokenizer), d_model=8, num_layers=1, num_heads=2),
-                                  randomize_(transformer, std=0.1), DiTDDPMScheduler(timestep_respacing="2"))  # fmt: skip
+    text_encoder = small_t5_encoder(len(tokenizer), d_model=8, num_layers=1, num_heads=2)
+    pipe = DiTTextToVideoPipeline(tokenizer, text_encoder, randomize_(transformer, std=0.1),
+                                  DiTDDPMScheduler(timestep_respacing="2"))  # fmt: skip
     pipe.save_pretrained(tmp_path / "pipe")
     images = torch.from_numpy(glyphs()).float()[:, None].repeat(2, 1, 1, 1) / 255
     monkeypatch.setattr(prompt_benchmark, "load_classifier", BarHeightClassifier)
