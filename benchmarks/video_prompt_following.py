@@ -87,8 +87,9 @@ def save_figure(clips, prompts_per_row, folder):
     frames = [np.concatenate([x for clip in pixels for x in (clip[f], gap)], 1) for f in range(pixels.shape[1])]
     export_to_gif([Image.fromarray(f) for f in frames], os.path.join(folder, "held_out_prompts.gif"), fps=4)
     rows = [np.concatenate([x for frame in clip for x in (frame, gap)], 1) for clip in pixels]
-    Image.fromarray(np.concatenate(rows, 0)).resize((rows[0].shape[1] * 2, len(rows) * pixels.shape[2] * 2),
-                                                    Image.NEAREST).save(os.path.join(folder, "held_out_prompts.png"))
+    Image.fromarray(np.concatenate(rows, 0)).resize(
+        (rows[0].shape[1] * 2, len(rows) * pixels.shape[2] * 2), Image.NEAREST
+    ).save(os.path.join(folder, "held_out_prompts.png"))
 
 
 def main(args) -> dict:
