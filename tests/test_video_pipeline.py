@@ -133,6 +133,18 @@ def test_bad_inputs(pipe, components):
         pipe("x", output_type="gif")
     with pytest.raises(ValueError, match="Got 2 negative prompts for 1 prompts"):
         pipe("x", negative_prompt=["a", "b"])
+    with pytest.raises(ValueError, match="num_frames must be a positive multiple of the temporal patch size 2"):
+        tubelets = VideoDiTModel(sample_size=4, patch_size=2, temporal_patch_size=2, in_channels=4, hidden_size=32,
+                                 depth=1, num_heads=4, text_embed_dim=16)  # fmt: skip
+        DiTTextToVideoPipeline(components["tokenizer"], components["text_encoder"], tubelets, DiTDDPMScheduler(),
+                               components["vae"])("x", num_frames=5)  # fmt: skip
+    with pytest.raises(ValueError, match="must have the same shape"):  # batch sizes of prompt and negative differ
+        pipe(prompt_embeds=embeds, prompt_attention_mask=mask, negative_prompt_embeds=embeds.repeat(2, 1, 1),
+             negative_prompt_attention_mask=mask.repeat(2, 1))  # fmt: skip
+    with pytest.raises(ValueError, match="The text embeddings are 8 wide, but the transformer takes text_embed_dim=16"):
+        pipe(prompt_embeds=embeds[..., :8], prompt_attention_mask=mask)
+    with pytest.raises(ValueError, match="encoder_hidden_states are 8 wide; this model takes text_embed_dim=16"):
+        pipe.transformer(torch.zeros(1, 4, 3, 4, 4), 10, encoder_hidden_states=embeds[..., :8])
     class_model = VideoDiTModel(sample_size=4, in_channels=4, hidden_size=32, depth=1, num_heads=4,
                                 conditioning="class", num_classes=3)  # fmt: skip
     wrong = DiTTextToVideoPipeline(components["tokenizer"], components["text_encoder"], class_model,

@@ -246,6 +246,11 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
             )
         if self.config.conditioning == "text" and encoder_hidden_states is None:
             raise ValueError("This model is text-conditioned: pass encoder_hidden_states (and its attention mask).")
+        if encoder_hidden_states is not None and encoder_hidden_states.shape[-1] != self.config.text_embed_dim:
+            raise ValueError(
+                f"encoder_hidden_states are {encoder_hidden_states.shape[-1]} wide; this model takes "
+                f"text_embed_dim={self.config.text_embed_dim}."
+            )
         if self.config.conditioning == "class" and class_labels is None:
             raise ValueError("This model is class-conditioned: pass class_labels.")
         timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)

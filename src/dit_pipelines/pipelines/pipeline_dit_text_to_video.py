@@ -238,6 +238,11 @@ class DiTTextToVideoPipeline(DiffusionPipeline):
                                prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask,
                                max_sequence_length)
         )  # fmt: skip
+        if prompt_embeds.shape[-1] != config.text_embed_dim:
+            raise ValueError(
+                f"The text embeddings are {prompt_embeds.shape[-1]} wide, but the transformer takes "
+                f"text_embed_dim={config.text_embed_dim}: use the text encoder it was trained with."
+            )
         batch = prompt_embeds.shape[0]
         if num_inference_steps is None and getattr(self.scheduler.config, "timestep_respacing", None) is None:
             num_inference_steps = DEFAULT_NUM_INFERENCE_STEPS
