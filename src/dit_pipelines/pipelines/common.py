@@ -11,6 +11,28 @@ import torch
 VARIANCE_SCHEDULERS = ("DiTDDPMScheduler", "DDPMScheduler", "DDPMParallelScheduler")
 
 
+class GuidedSamplingState:
+    """The state of the current call that diffusers' step-end callbacks read and change, as in diffusers' own
+    pipelines: `pipe.guidance_scale`, `pipe.num_timesteps`, and `pipe._interrupt = True` to stop after a step."""
+
+    @property
+    def interrupt(self) -> bool:
+        return getattr(self, "_interrupt", False)
+
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance scale of the current call (callbacks may change `pipe._guidance_scale`)."""
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+
 def uses_learned_variance(scheduler) -> bool:
     """Whether `scheduler.step` samples with a learned variance and so takes the 2C-channel model output."""
     variance_type = getattr(scheduler.config, "variance_type", None)

@@ -9,14 +9,14 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..models import DiTModel
-from .common import guide, step_kwargs, uses_learned_variance
+from .common import GuidedSamplingState, guide, step_kwargs, uses_learned_variance
 
 ClassLabels = Union[int, str, List[Union[int, str]], torch.Tensor]
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DEFAULT_NUM_INFERENCE_STEPS = 50  # when the scheduler has no configured respacing
 
 
-class DiTImagePipeline(DiffusionPipeline):
+class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
     r"""Class-conditional generation with a Diffusion Transformer (Peebles & Xie, 2023).
 
     Components:
@@ -132,24 +132,6 @@ class DiTImagePipeline(DiffusionPipeline):
         unknown = set(callback_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs may only contain {self._callback_tensor_inputs}.")
-
-    @property
-    def interrupt(self) -> bool:
-        """Set `pipe._interrupt = True` in a step-end callback to stop after that step."""
-        return getattr(self, "_interrupt", False)
-
-    @property
-    def guidance_scale(self) -> float:
-        """The guidance scale of the current call (callbacks may change `pipe._guidance_scale`)."""
-        return self._guidance_scale
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
 
     @torch.no_grad()
     def __call__(

@@ -15,7 +15,7 @@ from einops import rearrange
 
 from ..models import VideoDiTModel
 from ..text_encoders import encode_text
-from .common import guide, step_kwargs, uses_learned_variance
+from .common import GuidedSamplingState, guide, step_kwargs, uses_learned_variance
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 DEFAULT_NUM_INFERENCE_STEPS = 50  # when the scheduler has no configured respacing
@@ -30,7 +30,7 @@ class DiTVideoPipelineOutput(BaseOutput):
     frames: Union[np.ndarray, torch.Tensor, List[List[PIL.Image.Image]]]
 
 
-class DiTTextToVideoPipeline(DiffusionPipeline):
+class DiTTextToVideoPipeline(GuidedSamplingState, DiffusionPipeline):
     r"""Text-to-video generation with a `VideoDiTModel` (Latte / STDiT family).
 
     Components:
@@ -150,22 +150,6 @@ class DiTTextToVideoPipeline(DiffusionPipeline):
             self.vae.decode(frames[i : i + chunk].to(self.vae.dtype)).sample for i in range(0, len(frames), chunk)
         ]
         return rearrange(torch.cat(decoded).float(), "(b f) c h w -> b c f h w", b=latents.shape[0])
-
-    @property
-    def guidance_scale(self) -> float:
-        return self._guidance_scale
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        return getattr(self, "_interrupt", False)
 
     @torch.no_grad()
     def __call__(
