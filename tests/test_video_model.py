@@ -65,9 +65,9 @@ def test_more_frames_than_trained_get_interpolated_positions():
     assert model(torch.randn(1, 4, 12, 8, 8), 100, states, mask).sample.shape == (1, 8, 12, 8, 8)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_padding_tokens_do_not_change_the_output(layout):
-    model = video_dit(attention_layout=layout)
+@pytest.mark.parametrize("layout,pooled", [(layout, False) for layout in LAYOUTS] + [("factorized", True)])
+def test_padding_tokens_do_not_change_the_output(layout, pooled):
+    model = video_dit(attention_layout=layout, pooled_text_conditioning=pooled)
     video = torch.randn(2, 4, 2, 8, 8)
     states, _ = text(2, length=5)
     short = model(video, 200, states[:, :3], torch.ones(2, 3)).sample
@@ -91,7 +91,8 @@ def test_from_image_dit_reproduces_the_image_model_frame_by_frame(tiny_dit, layo
         expected = image(frames[:, :, f], t, labels).sample
         torch.testing.assert_close(out[:, :, f], expected, atol=1e-5, rtol=1e-5)
     # A text-conditioned video model starts as the image model's unconditional (null-class) prediction.
-    text_video = VideoDiTModel.from_image_dit(image, attention_layout=layout, conditioning="text", text_embed_dim=16)
+    text_video = VideoDiTModel.from_image_dit(image, attention_layout=layout, conditioning="text", text_embed_dim=16,
+                                              pooled_text_conditioning=True)  # fmt: skip
     states, mask = text(2)
     out = text_video.eval()(frames, t, states, mask).sample
     null = torch.full_like(labels, 5)
@@ -130,3 +131,18 @@ def test_gradient_checkpointing_and_save_load(tmp_path):
     loaded = VideoDiTModel.from_pretrained(tmp_path)
     assert loaded.config.attention_layout == "interleaved"
     torch.testing.assert_close(loaded(video, 10, states, mask).sample, model(video, 10, states, mask).sample)
+
+
+def test_pooled_text_is_the_masked_mean_and_conditions_adaln():
+    from dit_pipelines.models.video_dit import pooled_text
+
+    states, mask = torch.randn(2, 5, 16, dtype=torch.float64), torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]])
+    torch.testing.assert_close(pooled_text(states, mask), torch.stack([states[0, :2].mean(0), states[1].mean(0)]))
+    model = video_dit(pooled_text_conditioning=True, random=False)
+    assert model(torch.randn(1, 4, 2, 8, 8), 10, *text(1)).sample.abs().max() == 0  # adaLN-Zero still holds
+    randomize_(model, std=0.1)
+    for block in model.blocks:  # without cross-attention, the text still reaches the output through adaLN
+        block.cross_attn.proj.weight.data.zero_()
+        block.cross_attn.proj.bias.data.zero_()
+    video, (a, mask), (b, _) = torch.randn(1, 4, 2, 8, 8), text(1, seed=0), text(1, seed=1)
+    assert not torch.allclose(model(video, 10, a, mask).sample, model(video, 10, b, mask).sample)

@@ -3,6 +3,7 @@ atomic checkpoints with exact resume, validation with the EMA weights, and the f
 
 import argparse
 import logging
+import json
 import os
 from typing import Callable, Optional
 
@@ -58,6 +59,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     run.add_argument("--push_to_hub", action="store_true")
     run.add_argument("--hub_model_id", default=None)
     run.add_argument("--hub_private_repo", action="store_true")
+    run.add_argument("--hub_token", default=None, help="default: HF_TOKEN or the saved login")
 
 
 def make_accelerator(args) -> Accelerator:
@@ -187,18 +189,22 @@ def train(
         ema.copy_to(unwrapped.parameters())
         unwrapped.eval()
         save_pipeline(unwrapped)
+        save_training_args(args)
         logger.info("Saved the pipeline to %s", args.output_dir)
         if args.push_to_hub:
-            push_folder(args)
+            from dit_pipelines.hub import push_pipeline
+
+            repo_id = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+            url = push_pipeline(args.output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo or None,
+                                commit_message=f"Upload {run_name} after {global_step} steps")  # fmt: skip
+            logger.info("Pushed to %s", url)
     accelerator.end_training()
     return global_step
 
 
-def push_folder(args) -> None:
-    """Upload the saved pipeline to the Hub in one commit, without checkpoints, validation samples or logs."""
-    from huggingface_hub import create_repo, upload_folder
-
-    repo_id = create_repo(args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir)),
-                          private=args.hub_private_repo, exist_ok=True).repo_id  # fmt: skip
-    upload_folder(repo_id=repo_id, folder_path=args.output_dir, commit_message="Upload the trained pipeline",
-                  ignore_patterns=["checkpoint-*", "checkpoint-*/**", "validation/**", "logs/**", "*.pt"])  # fmt: skip
+def save_training_args(args) -> None:
+    """`training_args.json` beside the saved pipeline: what the model card reports as the training configuration."""
+    values = {k: v if isinstance(v, (int, float, str, bool, type(None), list)) else str(v) for k, v in vars(args).items()}
+    values.pop("hub_token", None)
+    with open(os.path.join(args.output_dir, "training_args.json"), "w") as f:
+        json.dump(values, f, indent=2, sort_keys=True)

@@ -47,6 +47,8 @@ def parse_args(argv=None):
     model.add_argument("--temporal_patch_size", type=int, default=1)
     model.add_argument("--attention_layout", default="factorized", choices=["interleaved", "factorized", "full"])
     model.add_argument("--learn_sigma", action=argparse.BooleanOptionalAction, default=True)
+    model.add_argument("--pooled_text_conditioning", action="store_true",
+                       help="the caption's mean T5 token also conditions adaLN (with the timestep)")  # fmt: skip
     model.add_argument("--init_from_image_dit", default=None, help="a DiTModel (or DiTImagePipeline) folder")
     model.add_argument(
         "--train_temporal_only",
@@ -76,7 +78,8 @@ def text_components(args, captions):
 
 
 def build_model(args, in_channels, sample_size, text_dim) -> VideoDiTModel:
-    config = dict(sample_frames=args.num_frames, text_embed_dim=text_dim, conditioning="text")
+    config = dict(sample_frames=args.num_frames, text_embed_dim=text_dim, conditioning="text",
+                  pooled_text_conditioning=args.pooled_text_conditioning)  # fmt: skip
     if args.init_from_image_dit:
         folder = os.path.join(args.init_from_image_dit, "transformer")
         image = DiTModel.from_pretrained(folder if os.path.isdir(folder) else args.init_from_image_dit)

@@ -72,6 +72,14 @@ class VideoDiTBlock(nn.Module):
         return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
+def pooled_text(states: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """(B, D) mean of the text embeddings (B, L, D) over the tokens the mask (B, L) keeps (padding excluded)."""
+    if mask is None:
+        return states.mean(1)
+    weights = mask.to(states.dtype)[..., None]
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
 class VideoDiTModel(ModelMixin, ConfigMixin):
     r"""A spatio-temporal Diffusion Transformer on latent video (B, C, F, H, W).
 
@@ -83,7 +91,9 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
     - "full": `depth` blocks attending over all space-time tokens (CogVideoX-like).
 
     Conditioning is the timestep through adaLN-Zero plus either T5 text embeddings (`conditioning="text"`:
-    a caption projection and cross-attention in every block, padding masked) or class labels with a null class.
+    a caption projection and cross-attention in every block, padding masked; with `pooled_text_conditioning` the
+    caption's mean token also joins the timestep embedding that drives adaLN, as in SD3) or class labels with a null
+    class.
     One frame (F = 1) is an image. Frame counts above `sample_frames` get their temporal positions interpolated
     into the trained range, so a model trained on 8 frames samples 12.
 
@@ -119,6 +129,7 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
         class_dropout_prob: float = 0.1,
         learn_sigma: bool = True,
         interpolate_temporal_positions: bool = True,
+        pooled_text_conditioning: bool = False,
         timestep_freq_shift: float = 0.0,
         mlp_norm_eps: float = 1e-6,
     ):
@@ -139,6 +150,10 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
             self.caption_projection = nn.Sequential(
                 nn.Linear(text_embed_dim, hidden_size), nn.GELU(approximate="tanh"), nn.Linear(hidden_size, hidden_size)
             )
+            if pooled_text_conditioning:  # the caption's mean token joins the timestep in adaLN (as in SD3)
+                self.pooled_text_embedder = nn.Sequential(
+                    nn.Linear(text_embed_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+                )
         else:
             self.class_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         mixings = {"interleaved": ["space", "time"], "factorized": ["space+time"], "full": ["spacetime"]}
@@ -172,6 +187,8 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
         nn.init.normal_(self.timestep_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.timestep_embedder.mlp[2].weight, std=0.02)
         zero = [self.final_layer.modulation, self.final_layer.linear]
+        if hasattr(self, "pooled_text_embedder"):  # starts without effect, so from_image_dit still holds
+            zero.append(self.pooled_text_embedder[2])
         for block in self.blocks:
             zero += [block.modulation] + ([block.cross_attn.proj] if hasattr(block, "cross_attn") else [])
         for layer in zero:
@@ -262,6 +279,8 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
         temporal_pos = self.temporal_positions(grid_f).to(x.device, x.dtype)[None, :, None]  # (1, F', 1, D)
         t_emb = self.timestep_embedder(timestep)
         if self.config.conditioning == "text":
+            if self.config.pooled_text_conditioning:
+                t_emb = t_emb + self.pooled_text_embedder(pooled_text(encoder_hidden_states, encoder_attention_mask))
             condition = F.silu(t_emb).to(x.dtype)
             context = self.caption_projection(encoder_hidden_states.to(x.dtype))
         else:

@@ -1,0 +1,154 @@
+"""The `dit-pipelines` command: sample from a pipeline, convert checkpoints, push to the Hub.
+
+    dit-pipelines sample outputs/dit-mnist --labels 3 7 --output digits.png
+    dit-pipelines sample my-user/t2v --prompt "the digit 3 moves up" --output clip.gif
+    dit-pipelines convert DiT-XL-2-256x256.pt --output dit-xl-2 --vae stabilityai/sd-vae-ft-ema
+    dit-pipelines push outputs/dit-mnist my-user/dit-mnist
+
+Errors in what is asked (a missing file, a label the pipeline does not know, a wrong output extension) end with a
+one-line message and exit status 2.
+"""
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+VIDEO_SUFFIXES = (".gif", ".mp4")
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="dit-pipelines", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sample = commands.add_parser("sample", help="generate images (PNG grid) or videos (GIF / MP4)",
+                                 description="Generate with a saved or Hub pipeline (DiTImagePipeline or "
+                                             "DiTTextToVideoPipeline).")  # fmt: skip
+    sample.add_argument("pipeline", help="a saved pipeline folder or a Hub repo id")
+    sample.add_argument("--labels", nargs="+", default=None, help="image pipelines: class indices or names")
+    sample.add_argument("--prompt", nargs="+", default=None, help="video pipelines: one or more prompts")
+    sample.add_argument("--negative_prompt", default="")
+    sample.add_argument("--num_inference_steps", type=int, default=None, help="default: the scheduler's respacing")
+    sample.add_argument("--guidance_scale", type=float, default=4.0)
+    sample.add_argument("--num_frames", type=int, default=None, help="video: default the model's sample_frames")
+    sample.add_argument("--fps", type=int, default=4, help="video output frame rate")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--output", required=True, help="image: .png/.jpg (a grid); video: .gif or .mp4")
+
+    convert = commands.add_parser("convert", help="an original DiT .pt or a diffusers DiT folder -> a pipeline",
+                                  description="Convert a checkpoint in the original DiT layout (.pt) or a diffusers "
+                                              "DiTTransformer2DModel folder into a DiTImagePipeline folder.")  # fmt: skip
+    convert.add_argument("checkpoint", help="an original DiT .pt file, or a folder with a DiTTransformer2DModel")
+    convert.add_argument("--output", required=True, help="where the DiTImagePipeline is saved")
+    convert.add_argument("--vae", default=None, help="an AutoencoderKL folder or repo id (latent models)")
+    convert.add_argument("--id2label", default=None, help="a JSON file mapping class indices to names")
+    convert.add_argument("--sampling_respacing", default="250", help="the DDPM scheduler's timestep_respacing")
+    convert.add_argument("--learn_sigma", action=argparse.BooleanOptionalAction, default=None,
+                         help="override what is inferred from the checkpoint")  # fmt: skip
+
+    push = commands.add_parser("push", help="upload a saved pipeline folder to the Hub with its model card",
+                               description="Write the model card and upload a saved pipeline in one commit "
+                                           "(never checkpoint-* folders). Uses HF_TOKEN / HF_ENDPOINT.")  # fmt: skip
+    push.add_argument("folder", help="a saved pipeline folder")
+    push.add_argument("repo_id", help="user/name on the Hub")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--token", default=None, help="default: HF_TOKEN or the saved login")
+    push.add_argument("--license", default="apache-2.0")
+    push.add_argument("--commit_message", default="Upload pipeline")
+    return parser.parse_args(argv)
+
+
+def sample(args) -> str:
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from . import DiTImagePipeline, DiTTextToVideoPipeline
+
+    suffix = os.path.splitext(args.output)[1].lower()
+    pipe = DiffusionPipeline.from_pretrained(args.pipeline)
+    generator = torch.Generator().manual_seed(args.seed)
+    if isinstance(pipe, DiTImagePipeline):
+        if suffix not in IMAGE_SUFFIXES or args.labels is None:
+            raise ValueError(f"An image pipeline needs --labels and an --output ending in {'/'.join(IMAGE_SUFFIXES)}.")
+        labels = [int(x) if x.isdigit() else x for x in args.labels]
+        images = pipe(labels, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                      generator=generator).images  # fmt: skip
+        from diffusers.utils import make_image_grid
+
+        make_image_grid(images, rows=1, cols=len(images)).save(args.output)
+    elif isinstance(pipe, DiTTextToVideoPipeline):
+        if suffix not in VIDEO_SUFFIXES or args.prompt is None:
+            raise ValueError(f"A video pipeline needs --prompt and an --output ending in {'/'.join(VIDEO_SUFFIXES)}.")
+        frames = pipe(args.prompt, negative_prompt=args.negative_prompt, num_frames=args.num_frames,
+                      num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                      generator=generator, output_type="pil").frames  # fmt: skip
+        from diffusers.utils import export_to_gif, export_to_video, make_image_grid
+
+        strip = [make_image_grid([clip[f] for clip in frames], rows=1, cols=len(frames)) for f in range(len(frames[0]))]
+        if suffix == ".gif":
+            export_to_gif(strip, args.output, fps=args.fps)
+        else:
+            export_to_video([frame.convert("RGB") for frame in strip], args.output, fps=args.fps)
+    else:
+        raise ValueError(f"{args.pipeline} holds a {type(pipe).__name__}, not a dit_pipelines pipeline.")
+    return args.output
+
+
+def convert(args) -> str:
+    import json
+
+    from .conversion import dit_from_diffusers, load_original_dit
+    from .pipelines import DiTImagePipeline
+    from .schedulers import DiTDDPMScheduler
+
+    overrides = {} if args.learn_sigma is None else {"learn_sigma": args.learn_sigma}
+    if os.path.isdir(args.checkpoint):
+        from diffusers import DiTTransformer2DModel
+
+        folder = os.path.join(args.checkpoint, "transformer")
+        model = dit_from_diffusers(DiTTransformer2DModel.from_pretrained(
+            folder if os.path.isdir(folder) else args.checkpoint))  # fmt: skip
+    elif os.path.isfile(args.checkpoint):
+        model = load_original_dit(args.checkpoint, **overrides)
+    else:
+        raise ValueError(f"{args.checkpoint} is neither a checkpoint file nor a folder.")
+    vae = None
+    if args.vae:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.vae)
+    id2label = None
+    if args.id2label:
+        with open(args.id2label) as f:
+            id2label = json.load(f)
+    variance = "learned_range" if model.config.learn_sigma else "fixed_small"
+    scheduler = DiTDDPMScheduler(timestep_respacing=args.sampling_respacing, variance_type=variance)
+    DiTImagePipeline(model, scheduler, vae=vae, id2label=id2label).save_pretrained(args.output)
+    return args.output
+
+
+def push(args) -> str:
+    from .hub import push_pipeline
+
+    if not os.path.isfile(os.path.join(args.folder, "model_index.json")):
+        raise ValueError(f"{args.folder} is not a saved pipeline folder (no model_index.json).")
+    return push_pipeline(args.folder, args.repo_id, token=args.token, private=args.private or None,
+                         commit_message=args.commit_message, license=args.license)  # fmt: skip
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+
+    try:
+        result = {"sample": sample, "convert": convert, "push": push}[args.command](args)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        print(f"dit-pipelines {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Sharing on the Hub, end to end against a loopback Hub (tests/local_hub.py): the real huggingface_hub client
+pushes, diffusers loads by repo id in fresh processes, online and offline; the `dit-pipelines` command."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from dit_pipelines import DiTDDPMScheduler, DiTImagePipeline, DiTModel, DiTTextToVideoPipeline, VideoDiTModel
+from dit_pipelines.cli import main as cli
+from dit_pipelines.conversion import dit_to_original_state_dict
+from dit_pipelines.hub import model_card
+from dit_pipelines.text_encoders import small_t5_encoder, train_t5_tokenizer
+
+from .conftest import randomize_
+from .local_hub import LocalHub
+from .test_training import SCRIPT, bars, tiny_args  # noqa: F401 (fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = textwrap.dedent("""
+    import sys
+    import numpy as np, torch
+    import dit_pipelines  # registers the classes with diffusers
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained(sys.argv[1])
+    pipe.set_progress_bar_config(disable=True)
+    if type(pipe).__name__ == "DiTImagePipeline":
+        out = pipe([0, 1, 2], num_inference_steps=3, generator=torch.manual_seed(0), output_type="np").images
+    else:
+        out = pipe("the digit 3 moves up", num_inference_steps=3, generator=torch.manual_seed(0)).frames
+    np.save(sys.argv[2], out)
+""")
+
+
+@pytest.fixture(scope="module")
+def hub():
+    with LocalHub(user="tester") as hub:
+        yield hub
+
+
+def hub_env(hub, home, offline=False):
+    env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HUB_DISABLE_XET="1", HF_TOKEN="hf_local_test",
+               HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1", PYTHONPATH=str(ROOT))  # fmt: skip
+    env.pop("HF_HUB_OFFLINE", None)
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def run(args, env, expect=0):
+    done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == expect, done.stderr[-3000:]
+    return done
+
+
+def front_matter(readme: bytes) -> dict:
+    text = readme.decode()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def sample_here(folder):
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe([0, 1, 2], num_inference_steps=3, generator=torch.manual_seed(0), output_type="np").images
+
+
+def test_training_pushes_and_users_load_by_repo_id_online_and_offline(bars, hub, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    env = hub_env(hub, tmp_path / "pusher")
+    run([SCRIPT, *tiny_args(bars, out, "--max_train_steps", "2", "--checkpointing_steps", "1", "--push_to_hub",
+                            "--hub_model_id", "tester/tiny-dit")], env)  # fmt: skip
+    assert (out / "checkpoint-2").is_dir()  # the run kept its checkpoints locally ...
+    files = hub.files("tester/tiny-dit")
+    assert not [p for p in files if p.startswith("checkpoint-") or "optimizer" in p]  # ... and pushed none
+    assert {"model_index.json", "README.md", "training_args.json", "transformer/config.json"} <= set(files)
+    assert isinstance(hub.repos["tester/tiny-dit"].head[1]["transformer/diffusion_pytorch_model.safetensors"], tuple)
+    metadata = front_matter(files["README.md"])
+    assert metadata["library_name"] == "diffusers" and metadata["pipeline_tag"] == "unconditional-image-generation"
+    assert "dit_pipelines" in metadata["tags"] and metadata["license"] == "apache-2.0"
+    assert "POST /api/validate-yaml" in hub.requests  # the card's metadata was validated before the upload
+    assert json.loads(files["training_args.json"])["max_train_steps"] == 2
+
+    expected = sample_here(out)
+    user = tmp_path / "user"
+    run(["-c", SAMPLE, "tester/tiny-dit", str(tmp_path / "online.npy")], hub_env(hub, user))
+    np.testing.assert_array_equal(np.load(tmp_path / "online.npy"), expected)
+    served = len(hub.requests)
+    run(["-c", SAMPLE, "tester/tiny-dit", str(tmp_path / "offline.npy")], hub_env(hub, user, offline=True))
+    np.testing.assert_array_equal(np.load(tmp_path / "offline.npy"), expected)
+    assert len(hub.requests) == served  # offline: from the cache, not a single request
+    failed = run(["-c", SAMPLE, "tester/tiny-dit", str(tmp_path / "x.npy")],
+                 hub_env(hub, tmp_path / "empty-cache", offline=True), expect=1)  # fmt: skip
+    assert "offline" in failed.stderr.lower() or "cache" in failed.stderr.lower()
+
+
+def tiny_image_pipeline(seed: int) -> DiTImagePipeline:
+    torch.manual_seed(seed)
+    model = DiTModel(sample_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=1, num_heads=2, num_classes=3)
+    return DiTImagePipeline(randomize_(model, std=0.05, seed=seed), DiTDDPMScheduler(timestep_respacing="3"))
+
+
+def test_interrupted_upload_leaves_the_previous_commit_and_a_retry_succeeds(hub, tmp_path):
+    env = hub_env(hub, tmp_path / "home")
+    tiny_image_pipeline(seed=0).save_pretrained(tmp_path / "v1")
+    run(["-m", "dit_pipelines.cli", "push", str(tmp_path / "v1"), "tester/flaky"], env)
+    before = hub.repos["tester/flaky"].head
+    tiny_image_pipeline(seed=1).save_pretrained(tmp_path / "v2")
+
+    hub.drop_next("POST", r"/commit/main$", times=10)  # the connection dies while the commit is being sent
+    failed = run(["-m", "dit_pipelines.cli", "push", str(tmp_path / "v2"), "tester/flaky"], env, expect=2)
+    assert "dit-pipelines push: error" in failed.stderr
+    assert hub.repos["tester/flaky"].head == before  # nothing half-applied
+    hub._drops.clear()
+
+    run(["-m", "dit_pipelines.cli", "push", str(tmp_path / "v2"), "tester/flaky"], env)
+    weights = "transformer/diffusion_pytorch_model.safetensors"
+    assert hub.repos["tester/flaky"].head != before
+    assert hub.files("tester/flaky")[weights] == (tmp_path / "v2" / weights).read_bytes()
+
+
+def test_a_video_pipeline_loads_by_repo_id(hub, tmp_path):
+    captions = [f"the digit {d} moves {w}" for d in range(10) for w in ("up", "down")]
+    tokenizer = train_t5_tokenizer(captions, model_max_length=12)
+    transformer = VideoDiTModel(sample_size=8, sample_frames=2, patch_size=4, in_channels=1, hidden_size=16,
+                                depth=1, num_heads=2, text_embed_dim=8)  # fmt: skip
+    pipe = DiTTextToVideoPipeline(tokenizer, small_t5_encoder(len(tokenizer), d_model=8, num_layers=1, num_heads=2),
+                                  randomize_(transformer, std=0.1), DiTDDPMScheduler(timestep_respacing="3"))  # fmt: skip
+    pipe.save_pretrained(tmp_path / "video")
+    env = hub_env(hub, tmp_path / "home")
+    run(["-m", "dit_pipelines.cli", "push", str(tmp_path / "video"), "tester/tiny-t2v"], env)
+    assert front_matter(hub.files("tester/tiny-t2v")["README.md"])["pipeline_tag"] == "text-to-video"
+    run(["-c", SAMPLE, "tester/tiny-t2v", str(tmp_path / "hub.npy")], env)
+    run(["-c", SAMPLE, str(tmp_path / "video"), str(tmp_path / "local.npy")], env)
+    np.testing.assert_array_equal(np.load(tmp_path / "hub.npy"), np.load(tmp_path / "local.npy"))
+
+
+def test_convert_an_original_checkpoint_then_sample_from_the_command_line(tmp_path):
+    torch.manual_seed(0)
+    original = randomize_(DiTModel(sample_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2,
+                                   num_classes=5), std=0.05)  # fmt: skip
+    torch.save(dit_to_original_state_dict(original.state_dict()), tmp_path / "DiT-tiny.pt")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run(["-m", "dit_pipelines.cli", "convert", str(tmp_path / "DiT-tiny.pt"), "--output", str(tmp_path / "conv"),
+         "--sampling_respacing", "4"], env)  # fmt: skip
+    run(["-m", "dit_pipelines.cli", "sample", str(tmp_path / "conv"), "--labels", "1", "4", "--seed", "3",
+         "--output", str(tmp_path / "cli.png")], env)  # fmt: skip
+
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "conv")
+    assert isinstance(pipe, DiTImagePipeline) and pipe.scheduler.config.timestep_respacing == "4"
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe([1, 4], generator=torch.Generator().manual_seed(3), output_type="np").images
+    expected = np.concatenate(list((images * 255).round().astype(np.uint8)), axis=1)  # a 1x2 grid
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "cli.png").convert("RGB")), expected)
+    for name, tensor in pipe.transformer.state_dict().items():
+        torch.testing.assert_close(tensor, original.state_dict()[name], rtol=0, atol=0)
+
+
+def test_command_line_help_and_errors(tmp_path, capsys):
+    for command in ("sample", "convert", "push"):
+        with pytest.raises(SystemExit) as exit:
+            cli([command, "--help"])
+        assert exit.value.code == 0 and f"usage: dit-pipelines {command}" in capsys.readouterr().out
+    assert cli(["convert", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "o")]) == 2
+    assert "is neither a checkpoint file nor a folder" in capsys.readouterr().err
+    assert cli(["push", str(tmp_path), "tester/x"]) == 2
+    assert "is not a saved pipeline folder" in capsys.readouterr().err
+    tiny_image_pipeline(seed=0).save_pretrained(tmp_path / "pipe")
+    assert cli(["sample", str(tmp_path / "pipe"), "--labels", "1", "--output", str(tmp_path / "x.gif")]) == 2
+    assert "needs --labels and an --output ending in .png" in capsys.readouterr().err
+    assert cli(["sample", str(tmp_path / "pipe"), "--labels", "cat", "--output", str(tmp_path / "x.png")]) == 2
+    assert "Unknown class name(s) ['cat']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:
+        cli(["sample", str(tmp_path / "pipe")])  # --output is required
+    assert exit.value.code == 2
+
+
+def test_model_card_is_filled_from_the_run_folder(tmp_path):
+    folder = tmp_path / "run"
+    tiny_image_pipeline(seed=0).save_pretrained(folder)
+    (folder / "training_args.json").write_text(json.dumps({"learning_rate": 0.002, "max_train_steps": 14000,
+                                                           "init_from": "someone/dit-base", "hub_token": None}))  # fmt: skip
+    (folder / "sample_quality.json").write_text(json.dumps({"class_accuracy": 0.985, "frechet_distance": 61.14,
+                                                            "guidance_scale": 4.0}))  # fmt: skip
+    Image.new("L", (8, 8)).save(folder / "samples.png")
+    card = model_card(str(folder), "tester/dit-mnist")
+    assert card.data.library_name == "diffusers" and card.data.base_model == "someone/dit-base"
+    assert card.data.pipeline_tag == "unconditional-image-generation" and card.data.datasets == ["ylecun/mnist"]
+    text = card.content
+    assert front_matter(text.encode())["base_model"] == "someone/dit-base"
+    assert "| class accuracy (MNIST classifier) | 98.5% |" in text and "| Fréchet distance" in text
+    assert "| learning_rate | 0.002 |" in text and "hub_token" not in text
+    assert 'DiffusionPipeline.from_pretrained("tester/dit-mnist")' in text and "![Samples" in text
+    assert "| hidden_size | 32 |" in text and "| timestep_respacing | 3 |" in text
+    with pytest.raises(ValueError, match="is not a saved pipeline"):
+        model_card(str(tmp_path), "tester/x")
