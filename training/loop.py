@@ -2,8 +2,8 @@
 atomic checkpoints with exact resume, validation with the EMA weights, and the final pipeline save / Hub push."""
 
 import argparse
-import logging
 import json
+import logging
 import os
 from typing import Callable, Optional
 
@@ -204,7 +204,8 @@ def train(
 
 def save_training_args(args) -> None:
     """`training_args.json` beside the saved pipeline: what the model card reports as the training configuration."""
-    values = {k: v if isinstance(v, (int, float, str, bool, type(None), list)) else str(v) for k, v in vars(args).items()}
+    plain = (int, float, str, bool, type(None), list)
+    values = {k: v if isinstance(v, plain) else str(v) for k, v in vars(args).items()}
     values.pop("hub_token", None)
     with open(os.path.join(args.output_dir, "training_args.json"), "w") as f:
         json.dump(values, f, indent=2, sort_keys=True)

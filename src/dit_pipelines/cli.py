@@ -37,9 +37,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--output", required=True, help="image: .png/.jpg (a grid); video: .gif or .mp4")
 
-    convert = commands.add_parser("convert", help="an original DiT .pt or a diffusers DiT folder -> a pipeline",
-                                  description="Convert a checkpoint in the original DiT layout (.pt) or a diffusers "
-                                              "DiTTransformer2DModel folder into a DiTImagePipeline folder.")  # fmt: skip
+    convert = commands.add_parser(
+        "convert",
+        help="an original DiT .pt or a diffusers DiT folder -> a pipeline",
+        description="Convert a checkpoint in the original DiT layout (.pt) or a diffusers DiTTransformer2DModel "
+        "folder into a DiTImagePipeline folder.",
+    )
     convert.add_argument("checkpoint", help="an original DiT .pt file, or a folder with a DiTTransformer2DModel")
     convert.add_argument("--output", required=True, help="where the DiTImagePipeline is saved")
     convert.add_argument("--vae", default=None, help="an AutoencoderKL folder or repo id (latent models)")
@@ -47,6 +50,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     convert.add_argument("--sampling_respacing", default="250", help="the DDPM scheduler's timestep_respacing")
     convert.add_argument("--learn_sigma", action=argparse.BooleanOptionalAction, default=None,
                          help="override what is inferred from the checkpoint")  # fmt: skip
+    convert.add_argument(
+        "--num_heads",
+        type=int,
+        default=None,
+        help="original checkpoints of non-preset sizes: the attention heads (not in the weights)",
+    )
 
     push = commands.add_parser("push", help="upload a saved pipeline folder to the Hub with its model card",
                                description="Write the model card and upload a saved pipeline in one commit "
@@ -103,7 +112,7 @@ def convert(args) -> str:
     from .pipelines import DiTImagePipeline
     from .schedulers import DiTDDPMScheduler
 
-    overrides = {} if args.learn_sigma is None else {"learn_sigma": args.learn_sigma}
+    overrides = {k: v for k, v in (("learn_sigma", args.learn_sigma), ("num_heads", args.num_heads)) if v is not None}
     if os.path.isdir(args.checkpoint):
         from diffusers import DiTTransformer2DModel
 
@@ -138,12 +147,25 @@ def push(args) -> str:
                          commit_message=args.commit_message, license=args.license)  # fmt: skip
 
 
+def user_errors() -> tuple:
+    """What a bad request raises: wrong values, missing files, Hub answers (HfHubHTTPError is an OSError) and a
+    connection that fails (the HTTP client's RequestError)."""
+    import importlib
+
+    errors = [ValueError, OSError]
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(module).RequestError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-
     try:
         result = {"sample": sample, "convert": convert, "push": push}[args.command](args)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except user_errors() as error:
         print(f"dit-pipelines {args.command}: error: {error}", file=sys.stderr)
         return 2
     print(result)

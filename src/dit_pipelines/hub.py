@@ -18,9 +18,10 @@ import os
 from pathlib import Path
 from typing import Optional
 
-#: never uploaded: resumable training state, logs, temporary files
+#: never uploaded: resumable training state, logs, temporary files, the validation samples of every N steps
 IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "**/checkpoint-*/**", "*.tmp", "**/*.tmp", "logs/**",
-                   "optimizer*.bin", "**/optimizer*.bin", "random_states_*.pkl", "training_state.json"]  # fmt: skip
+                   "validation/**", "optimizer*.bin", "**/optimizer*.bin", "random_states_*.pkl",
+                   "training_state.json"]  # fmt: skip
 TEMPLATES = Path(__file__).parent / "model_card_templates"
 PIPELINES = {
     "DiTImagePipeline": ("image.md", "unconditional-image-generation", ["class-conditional"]),
@@ -64,8 +65,14 @@ def _table(rows) -> str:
     return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]) if rows else ""
 
 
-def model_card(folder: str, repo_id: str, license: str = "apache-2.0", datasets=("ylecun/mnist",),
-               base_model: Optional[str] = None, extra_tags=()) -> "huggingface_hub.ModelCard":  # noqa: F821
+def model_card(
+    folder: str,
+    repo_id: str,
+    license: str = "apache-2.0",
+    datasets=("ylecun/mnist",),
+    base_model: Optional[str] = None,
+    extra_tags=(),
+) -> "huggingface_hub.ModelCard":  # noqa: F821
     """The model card of the saved pipeline in `folder`, to be published as `repo_id`. `base_model` defaults to
     the Hub model the run started from (`--init_from` / `--init_from_image_dit`), if it was one."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -120,8 +127,16 @@ def model_card(folder: str, repo_id: str, license: str = "apache-2.0", datasets=
     )
 
 
-def push_pipeline(folder: str, repo_id: str, *, token: Optional[str] = None, private: Optional[bool] = None,
-                  commit_message: str = "Upload pipeline", revision: Optional[str] = None, **card_kwargs) -> str:  # fmt: skip
+def push_pipeline(
+    folder: str,
+    repo_id: str,
+    *,
+    token: Optional[str] = None,
+    private: Optional[bool] = None,
+    commit_message: str = "Upload pipeline",
+    revision: Optional[str] = None,
+    **card_kwargs,
+) -> str:
     """Write the model card into `folder` (README.md), create `repo_id` if needed and upload the folder in one
     commit, without `IGNORE_PATTERNS`. Returns the commit URL. `card_kwargs` go to `model_card`."""
     from huggingface_hub import create_repo, upload_folder
