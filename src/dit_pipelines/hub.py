@@ -101,9 +101,11 @@ def model_card(
             if _lookup(results, key) is not None:
                 evaluation.append((label, fmt.format(_lookup(results, key))))
     sample = next((s.replace(os.sep, "/") for s in SAMPLES if (root / s).is_file()), None)
-    model_rows = [(k, transformer[k]) for k in ("sample_size", "sample_frames", "patch_size", "temporal_patch_size",
-                  "in_channels", "hidden_size", "depth", "num_heads", "attention_layout", "learn_sigma",
-                  "num_classes", "text_embed_dim") if k in transformer]  # fmt: skip
+    text = transformer.get("conditioning") == "text"
+    model_keys = ["sample_size", "sample_frames", "patch_size", "temporal_patch_size", "in_channels", "hidden_size",
+                  "depth", "num_heads", "attention_layout", "learn_sigma", "conditioning"]  # fmt: skip
+    model_keys += ["text_embed_dim", "pooled_text_conditioning"] if text else ["num_classes", "class_dropout_prob"]
+    model_rows = [(k, transformer[k]) for k in model_keys if k in transformer]
     sampler_rows = [("scheduler", scheduler.get("_class_name"))] + [
         (k, scheduler[k]) for k in ("timestep_respacing", "variance_type", "prediction_type", "beta_schedule")
         if k in scheduler
