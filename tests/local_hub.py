@@ -188,6 +188,16 @@ class LocalHub:
                     self._error(404, "RepoNotFound", f"Repository {repo_id} not found", head=head)
                 return repo
 
+            def _files_at(self, repo_id: str, revision: str, head: bool = False):
+                """(repo, its files at `revision`), or None after answering 404 as the Hub does."""
+                repo = self._repo(repo_id, head=head)
+                if repo is None:
+                    return None
+                files = repo.files_at(revision)
+                if files is None:
+                    return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head=head)
+                return repo, files
+
             def post_create(self, query):
                 payload = json.loads(self._body())
                 repo_id = f"{payload.get('organization') or hub.user}/{payload['name']}"
@@ -212,12 +222,10 @@ class LocalHub:
                 self._send(200, {"errors": [], "warnings": []})
 
             def get_info(self, query, repo_id, revision="main"):
-                repo = self._repo(repo_id)
-                if repo is None:
+                found = self._files_at(repo_id, revision)
+                if found is None:
                     return
-                files = repo.files_at(revision)
-                if files is None:
-                    return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+                repo, files = found
                 self._send(
                     200,
                     {
@@ -230,12 +238,10 @@ class LocalHub:
                 )
 
             def get_tree(self, query, repo_id, revision, prefix=""):
-                repo = self._repo(repo_id)
-                if repo is None:
+                found = self._files_at(repo_id, revision)
+                if found is None:
                     return
-                files = repo.files_at(revision)
-                if files is None:
-                    return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+                files = found[1]
                 prefix = (prefix or "").strip("/")
                 entries, folders = [], set()
                 for path in sorted(files):
@@ -271,12 +277,10 @@ class LocalHub:
                 self._send(200, entries)
 
             def _resolve(self, repo_id, revision, path, head):
-                repo = self._repo(repo_id, head=head)
-                if repo is None:
+                found = self._files_at(repo_id, revision, head=head)
+                if found is None:
                     return
-                files = repo.files_at(revision)
-                if files is None:
-                    return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head=head)
+                repo, files = found
                 if path not in files:
                     return self._error(404, "EntryNotFound", f"{path} does not exist at {revision}", head=head)
                 content = files[path]
