@@ -209,3 +209,31 @@ def test_model_card_is_filled_from_the_run_folder(tmp_path):
     assert "| hidden_size | 32 |" in text and "| timestep_respacing | 3 |" in text
     with pytest.raises(ValueError, match="is not a saved pipeline"):
         model_card(str(tmp_path), "tester/x")
+
+
+def test_sample_videos_from_the_command_line(tmp_path, capsys):
+    captions = [f"the digit {d} moves {w}" for d in range(10) for w in ("up", "down")]
+    tokenizer = train_t5_tokenizer(captions, model_max_length=12)
+    transformer = VideoDiTModel(sample_size=8, sample_frames=2, patch_size=4, in_channels=1, hidden_size=16,
+                                depth=1, num_heads=2, text_embed_dim=8)  # fmt: skip
+    encoder = small_t5_encoder(len(tokenizer), d_model=8, num_layers=1, num_heads=2)
+    DiTTextToVideoPipeline(tokenizer, encoder, randomize_(transformer, std=0.1),
+                           DiTDDPMScheduler(timestep_respacing="2")).save_pretrained(tmp_path / "t2v")  # fmt: skip
+    prompts = ["the digit 3 moves up", "the digit 5 moves down"]
+    assert cli(["sample", str(tmp_path / "t2v"), "--prompt", *prompts, "--num_frames", "4",
+                "--output", str(tmp_path / "clip.gif")]) == 0  # fmt: skip
+    gif = Image.open(tmp_path / "clip.gif")
+    assert gif.n_frames == 4 and gif.size == (2 * 8, 8)  # the two clips side by side, 4 frames
+    assert cli(["sample", str(tmp_path / "t2v"), "--prompt", prompts[0], "--output", str(tmp_path / "clip.mp4")]) == 0
+    assert (tmp_path / "clip.mp4").stat().st_size > 0
+    assert cli(["sample", str(tmp_path / "t2v"), "--labels", "3", "--output", str(tmp_path / "x.png")]) == 2
+    assert "A video pipeline needs --prompt and an --output ending in .gif/.mp4" in capsys.readouterr().err
+
+
+def test_the_console_script_is_installed():
+    import shutil
+
+    script = shutil.which("dit-pipelines", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    assert script is not None, "pip install -e . installs the dit-pipelines command"
+    done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "{sample,convert,push}" in done.stdout
