@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from dit_pipelines.data import image_transform
 from dit_pipelines.data.images import label_index
+from dit_pipelines.pipelines.common import scale_latents, vae_scale_factor
 
 PRELOAD_BYTES = 2 << 30  # datasets whose resized images fit in 2 GiB are decoded once and kept in memory
 
@@ -60,10 +61,6 @@ class TrainingData:
     vae: Optional[torch.nn.Module]
     random_flip: bool
 
-    def _scale(self, latents):
-        config = self.vae.config
-        return (latents - (getattr(config, "shift_factor", None) or 0.0)) * config.scaling_factor
-
     def to_model_input(self, batch, device):
         """(x_0, labels) for a training step. Flips and latent samples draw from the global RNG, which checkpoints
         save, so a resumed run draws what an uninterrupted one would."""
@@ -74,7 +71,7 @@ class TrainingData:
             if flip is not None:
                 mean = torch.where(flip[:, None, None, None], batch["mean_flipped"].to(device), mean)
                 std = torch.where(flip[:, None, None, None], batch["std_flipped"].to(device), std)
-            return self._scale(mean + std * torch.randn_like(mean)), labels
+            return scale_latents(mean + std * torch.randn_like(mean), self.vae.config), labels
         pixels = batch["pixels"].to(device)
         if self.random_flip:
             flip = torch.rand(pixels.shape[0], device=device) < 0.5
@@ -82,7 +79,8 @@ class TrainingData:
         if self.vae is None:
             return pixels, labels
         with torch.no_grad():
-            return self._scale(self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.sample().float()), labels
+            return scale_latents(self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.sample().float(),
+                                 self.vae.config), labels  # fmt: skip
 
 
 def encode_all(images: LabelledImages, vae, device, batch_size: int = 64, flips: bool = False) -> dict:
@@ -104,7 +102,7 @@ def build_training_data(dataset, args, vae, patch_size: int, accelerator) -> Tra
     first = dataset[0][args.image_column]
     channels = 1 if first.mode in ("L", "1", "I", "I;16", "F") else 3
     resolution = args.resolution or min(first.size)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+    factor = vae_scale_factor(vae)
     grid = resolution // factor
     if resolution % factor or grid < patch_size or grid % patch_size:
         raise ValueError(

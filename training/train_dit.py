@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dit_pipelines import DIT_PRESETS, DiTDDPMScheduler, DiTImagePipeline, DiTModel  # noqa: E402
 from dit_pipelines.data import class_names, load_image_dataset  # noqa: E402
+from dit_pipelines.pipelines.common import transformer_folder  # noqa: E402
 from training.common import resolve_resume_path  # noqa: E402
 from training.image_data import build_training_data  # noqa: E402
 from training.loop import add_training_args, make_accelerator, noise_scheduler_for, train  # noqa: E402
@@ -61,14 +62,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def model_folder(path: str) -> str:
-    """The model folder of a saved pipeline (its transformer/) or of a saved model."""
-    return os.path.join(path, "transformer") if os.path.isdir(os.path.join(path, "transformer")) else path
-
-
 def build_model(args, in_channels: int, sample_size: int, num_classes: int) -> DiTModel:
     if args.init_from:
-        model = DiTModel.from_pretrained(model_folder(args.init_from))
+        model = DiTModel.from_pretrained(transformer_folder(args.init_from))
         if model.config.in_channels != in_channels:
             raise ValueError(
                 f"The model at {args.init_from} takes {model.config.in_channels} input channels, but the data has "
@@ -117,7 +113,7 @@ def main(args) -> str:
     names = class_names(dataset, args.label_column)
     patch_size = args.patch_size or DIT_PRESETS[args.preset]["patch_size"]
     if args.init_from:
-        patch_size = DiTModel.load_config(model_folder(args.init_from))["patch_size"]
+        patch_size = DiTModel.load_config(transformer_folder(args.init_from))["patch_size"]
     data = build_training_data(dataset, args, vae, patch_size, accelerator)
     model = build_model(args, data.channels, data.sample_size, len(names))
     noise_scheduler = noise_scheduler_for(args, model.config.learn_sigma)

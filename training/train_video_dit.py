@@ -17,13 +17,14 @@ import sys
 
 import torch
 from diffusers import AutoencoderKL
-from diffusers.utils import export_to_gif
+from diffusers.utils import export_to_gif, make_image_grid
 from einops import rearrange
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dit_pipelines import DiTDDPMScheduler, DiTModel, DiTTextToVideoPipeline, VideoDiTModel  # noqa: E402
 from dit_pipelines.data.moving_mnist import caption, held_out_pairs  # noqa: E402
+from dit_pipelines.pipelines.common import scale_latents, transformer_folder, vae_scale_factor  # noqa: E402
 from dit_pipelines.text_encoders import encode_text, small_t5_encoder, train_t5_tokenizer  # noqa: E402
 from training.common import resolve_resume_path  # noqa: E402
 from training.loop import add_training_args, make_accelerator, noise_scheduler_for, train  # noqa: E402
@@ -81,8 +82,7 @@ def build_model(args, in_channels, sample_size, text_dim) -> VideoDiTModel:
     config = dict(sample_frames=args.num_frames, text_embed_dim=text_dim, conditioning="text",
                   pooled_text_conditioning=args.pooled_text_conditioning)  # fmt: skip
     if args.init_from_image_dit:
-        folder = os.path.join(args.init_from_image_dit, "transformer")
-        image = DiTModel.from_pretrained(folder if os.path.isdir(folder) else args.init_from_image_dit)
+        image = DiTModel.from_pretrained(transformer_folder(args.init_from_image_dit))
         if image.config.in_channels != in_channels:
             raise ValueError(f"The image DiT takes {image.config.in_channels} channels, the data has {in_channels}.")
         model = VideoDiTModel.from_image_dit(image, attention_layout=args.attention_layout, **config)
@@ -102,7 +102,7 @@ def freeze_spatial_layers(model: VideoDiTModel) -> None:
     projection, the temporal rows of the modulations); everything copied from the image model stays fixed."""
     model.requires_grad_(False)
     model.caption_projection.requires_grad_(True)
-    for i, block in enumerate(model.blocks):
+    for block in model.blocks:
         if block.mixing == "time":  # interleaved: a whole temporal block
             block.requires_grad_(True)
             continue
@@ -163,7 +163,7 @@ def main(args) -> str:
 
     video = frames_as_tensor(clips)  # (N, F, H, W) uint8
     vae = AutoencoderKL.from_pretrained(args.vae).to(device).eval() if args.vae else None
-    factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae else 1
+    factor = vae_scale_factor(vae)
     if args.frame_size % (factor * args.patch_size):
         raise ValueError(f"--frame_size {args.frame_size} must be a multiple of {factor * args.patch_size}.")
     if vae is not None and args.precompute_latents:
@@ -179,14 +179,13 @@ def main(args) -> str:
         if "mean" in batch:
             mean = batch["mean"].to(device)
             sample = mean + batch["std"].to(device) * torch.randn_like(mean)
-            return (sample - (getattr(vae.config, "shift_factor", None) or 0.0)) * vae.config.scaling_factor
+            return scale_latents(sample, vae.config)
         x = batch["video"].to(device).float().unsqueeze(1) / 127.5 - 1  # (B, 1, F, H, W)
         if vae is None:
             return x
         with torch.no_grad():
             z = vae.encode(rearrange(x, "b c f h w -> (b f) c h w")).latent_dist.sample()
-        z = (z - (getattr(vae.config, "shift_factor", None) or 0.0)) * vae.config.scaling_factor
-        return rearrange(z, "(b f) c h w -> b c f h w", b=x.shape[0])
+        return rearrange(scale_latents(z, vae.config), "(b f) c h w -> b c f h w", b=x.shape[0])
 
     def diffusion_loss(model, x0, caption_ids):
         drop = torch.rand(len(caption_ids), device=device) < args.caption_dropout_prob
@@ -224,21 +223,12 @@ def main(args) -> str:
                       output_type="pil", generator=torch.Generator().manual_seed(args.seed)).frames  # fmt: skip
         folder = os.path.join(args.output_dir, "validation")
         os.makedirs(folder, exist_ok=True)
-        strip = [concat_horizontally([clip[f] for clip in frames]) for f in range(len(frames[0]))]
+        strip = [make_image_grid([clip[f] for clip in frames], rows=1, cols=len(frames)) for f in range(len(frames[0]))]
         export_to_gif(strip, os.path.join(folder, f"step-{step}.gif"), fps=4)
 
     train(accelerator, args, model, dataset, loss_fn, validate,
           lambda m: pipeline(m).save_pretrained(args.output_dir), run_name="train_video_dit")  # fmt: skip
     return args.output_dir
-
-
-def concat_horizontally(images):
-    from PIL import Image
-
-    strip = Image.new(images[0].mode, (sum(i.width for i in images), images[0].height))
-    for k, image in enumerate(images):
-        strip.paste(image, (k * image.width, 0))
-    return strip
 
 
 if __name__ == "__main__":

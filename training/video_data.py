@@ -1,8 +1,6 @@
 """Text-to-video training data: the Moving-MNIST clips (generated offline from the real digits) or a saved
 `datasets` folder with `video` (F, H, W) uint8 and `caption` columns."""
 
-import os
-
 import numpy as np
 
 from dit_pipelines.data import load_mnist
@@ -46,7 +44,3 @@ def frames_as_tensor(data):
     import torch
 
     return torch.from_numpy(np.asarray(data.with_format("numpy")["video"][:], dtype=np.uint8))
-
-
-def is_saved_dataset(path: str) -> bool:
-    return os.path.isdir(path)

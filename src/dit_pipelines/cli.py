@@ -110,15 +110,14 @@ def convert(args) -> str:
 
     from .conversion import dit_from_diffusers, load_original_dit
     from .pipelines import DiTImagePipeline
+    from .pipelines.common import transformer_folder
     from .schedulers import DiTDDPMScheduler
 
     overrides = {k: v for k, v in (("learn_sigma", args.learn_sigma), ("num_heads", args.num_heads)) if v is not None}
     if os.path.isdir(args.checkpoint):
         from diffusers import DiTTransformer2DModel
 
-        folder = os.path.join(args.checkpoint, "transformer")
-        model = dit_from_diffusers(DiTTransformer2DModel.from_pretrained(
-            folder if os.path.isdir(folder) else args.checkpoint))  # fmt: skip
+        model = dit_from_diffusers(DiTTransformer2DModel.from_pretrained(transformer_folder(args.checkpoint)))
     elif os.path.isfile(args.checkpoint):
         model = load_original_dit(args.checkpoint, **overrides)
     else:
@@ -141,8 +140,6 @@ def convert(args) -> str:
 def push(args) -> str:
     from .hub import push_pipeline
 
-    if not os.path.isfile(os.path.join(args.folder, "model_index.json")):
-        raise ValueError(f"{args.folder} is not a saved pipeline folder (no model_index.json).")
     return push_pipeline(args.folder, args.repo_id, token=args.token, private=args.private or None,
                          commit_message=args.commit_message, license=args.license)  # fmt: skip
 

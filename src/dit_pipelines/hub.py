@@ -80,7 +80,7 @@ def model_card(
     root = Path(folder)
     index = _read_json(root / "model_index.json")
     if index is None:
-        raise ValueError(f"{folder} is not a saved pipeline: it has no model_index.json.")
+        raise ValueError(f"{folder} is not a saved pipeline folder (no model_index.json).")
     if index["_class_name"] not in PIPELINES:
         raise ValueError(f"No model card template for {index['_class_name']}; known: {', '.join(PIPELINES)}.")
     template, pipeline_tag, tags = PIPELINES[index["_class_name"]]
@@ -98,8 +98,9 @@ def model_card(
     for name, rows in EVALUATIONS.items():
         results = _read_json(root / name)
         for label, key, fmt in rows if results else ():
-            if _lookup(results, key) is not None:
-                evaluation.append((label, fmt.format(_lookup(results, key))))
+            value = _lookup(results, key)
+            if value is not None:
+                evaluation.append((label, fmt.format(value)))
     sample = next((s.replace(os.sep, "/") for s in SAMPLES if (root / s).is_file()), None)
     text = transformer.get("conditioning") == "text"
     model_keys = ["sample_size", "sample_frames", "patch_size", "temporal_patch_size", "in_channels", "hidden_size",

@@ -1,6 +1,8 @@
-"""What the image and video pipelines share: classifier-free guidance and how they call a scheduler."""
+"""What the image and video pipelines (and the scripts that train them) share: classifier-free guidance, how they
+call a scheduler, the VAE's latent conventions, and the layout of a saved pipeline."""
 
 import inspect
+import os
 from typing import Optional
 
 import torch
@@ -31,6 +33,27 @@ class GuidedSamplingState:
     @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
+
+
+def vae_scale_factor(vae) -> int:
+    """How much the `AutoencoderKL` shrinks each side (2 per level after the first); 1 without a VAE."""
+    return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+
+
+def scale_latents(latents: torch.Tensor, vae_config) -> torch.Tensor:
+    """VAE latents -> the diffusion model's space: (z - shift_factor) * scaling_factor (unit variance)."""
+    return (latents - (getattr(vae_config, "shift_factor", None) or 0.0)) * vae_config.scaling_factor
+
+
+def unscale_latents(latents: torch.Tensor, vae_config) -> torch.Tensor:
+    """The inverse of `scale_latents`, before decoding."""
+    return latents / vae_config.scaling_factor + (getattr(vae_config, "shift_factor", None) or 0.0)
+
+
+def transformer_folder(path: str) -> str:
+    """The model folder of a saved pipeline (its transformer/), or `path` itself for a saved model."""
+    folder = os.path.join(path, "transformer")
+    return folder if os.path.isdir(folder) else path
 
 
 def uses_learned_variance(scheduler) -> bool:

@@ -9,7 +9,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..models import DiTModel
-from .common import GuidedSamplingState, guide, step_kwargs, uses_learned_variance
+from .common import GuidedSamplingState, guide, step_kwargs, unscale_latents, uses_learned_variance, vae_scale_factor
 
 ClassLabels = Union[int, str, List[Union[int, str]], torch.Tensor]
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -59,7 +59,7 @@ class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
         for k, names in id2label.items():
             for name in names.split(","):
                 self.labels.setdefault(name.strip().lower(), []).append(k)
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        self.vae_scale_factor = vae_scale_factor(vae)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     def get_label_ids(self, label: Union[str, List[str]]) -> List[int]:
@@ -254,8 +254,7 @@ class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
             images = latents
         else:
             if self.vae is not None:
-                vae_config = self.vae.config
-                latents = latents / vae_config.scaling_factor + (getattr(vae_config, "shift_factor", None) or 0.0)
+                latents = unscale_latents(latents, self.vae.config)
                 images = self.vae.decode(latents.to(self.vae.dtype)).sample
             else:
                 images = latents

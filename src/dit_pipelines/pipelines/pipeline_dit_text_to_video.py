@@ -15,7 +15,7 @@ from einops import rearrange
 
 from ..models import VideoDiTModel
 from ..text_encoders import encode_text
-from .common import GuidedSamplingState, guide, step_kwargs, uses_learned_variance
+from .common import GuidedSamplingState, guide, step_kwargs, unscale_latents, uses_learned_variance, vae_scale_factor
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 DEFAULT_NUM_INFERENCE_STEPS = 50  # when the scheduler has no configured respacing
@@ -60,7 +60,7 @@ class DiTTextToVideoPipeline(GuidedSamplingState, DiffusionPipeline):
         self.register_modules(
             tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, scheduler=scheduler, vae=vae
         )
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        self.vae_scale_factor = vae_scale_factor(vae)
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor)
 
     def encode_prompt(
@@ -142,9 +142,7 @@ class DiTTextToVideoPipeline(GuidedSamplingState, DiffusionPipeline):
         a time (all at once by default)."""
         if self.vae is None:
             return latents
-        config = self.vae.config
-        frames = rearrange(latents, "b c f h w -> (b f) c h w")
-        frames = frames / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
+        frames = unscale_latents(rearrange(latents, "b c f h w -> (b f) c h w"), self.vae.config)
         chunk = decode_chunk_size or frames.shape[0]
         decoded = [
             self.vae.decode(frames[i : i + chunk].to(self.vae.dtype)).sample for i in range(0, len(frames), chunk)
