@@ -133,15 +133,18 @@ def test_interrupted_upload_leaves_the_previous_commit_and_a_retry_succeeds(hub,
     assert hub.files("tester/flaky")[weights] == (tmp_path / "v2" / weights).read_bytes()
 
 
-def test_a_video_pipeline_loads_by_repo_id(hub, tmp_path):
+def tiny_video_pipeline(timestep_respacing: str) -> DiTTextToVideoPipeline:
     captions = [f"the digit {d} moves {w}" for d in range(10) for w in ("up", "down")]
     tokenizer = train_t5_tokenizer(captions, model_max_length=12)
     transformer = VideoDiTModel(sample_size=8, sample_frames=2, patch_size=4, in_channels=1, hidden_size=16,
                                 depth=1, num_heads=2, text_embed_dim=8)  # fmt: skip
     encoder = small_t5_encoder(len(tokenizer), d_model=8, num_layers=1, num_heads=2)
-    pipe = DiTTextToVideoPipeline(tokenizer, encoder, randomize_(transformer, std=0.1),
-                                  DiTDDPMScheduler(timestep_respacing="3"))  # fmt: skip
-    pipe.save_pretrained(tmp_path / "video")
+    return DiTTextToVideoPipeline(tokenizer, encoder, randomize_(transformer, std=0.1),
+                                  DiTDDPMScheduler(timestep_respacing=timestep_respacing))  # fmt: skip
+
+
+def test_a_video_pipeline_loads_by_repo_id(hub, tmp_path):
+    tiny_video_pipeline(timestep_respacing="3").save_pretrained(tmp_path / "video")
     env = hub_env(hub, tmp_path / "home")
     run(["-m", "dit_pipelines.cli", "push", str(tmp_path / "video"), "tester/tiny-t2v"], env)
     assert front_matter(hub.files("tester/tiny-t2v")["README.md"])["pipeline_tag"] == "text-to-video"
@@ -212,13 +215,7 @@ def test_model_card_is_filled_from_the_run_folder(tmp_path):
 
 
 def test_sample_videos_from_the_command_line(tmp_path, capsys):
-    captions = [f"the digit {d} moves {w}" for d in range(10) for w in ("up", "down")]
-    tokenizer = train_t5_tokenizer(captions, model_max_length=12)
-    transformer = VideoDiTModel(sample_size=8, sample_frames=2, patch_size=4, in_channels=1, hidden_size=16,
-                                depth=1, num_heads=2, text_embed_dim=8)  # fmt: skip
-    encoder = small_t5_encoder(len(tokenizer), d_model=8, num_layers=1, num_heads=2)
-    DiTTextToVideoPipeline(tokenizer, encoder, randomize_(transformer, std=0.1),
-                           DiTDDPMScheduler(timestep_respacing="2")).save_pretrained(tmp_path / "t2v")  # fmt: skip
+    tiny_video_pipeline(timestep_respacing="2").save_pretrained(tmp_path / "t2v")
     prompts = ["the digit 3 moves up", "the digit 5 moves down"]
     assert cli(["sample", str(tmp_path / "t2v"), "--prompt", *prompts, "--num_frames", "4",
                 "--output", str(tmp_path / "clip.gif")]) == 0  # fmt: skip
