@@ -8,6 +8,9 @@ prompts are new combinations of words seen in training), generates `clips_per_pr
 the requested way (sign of the centroid displacement per axis), beside the same measures on real clips of the same
 prompts made from the MNIST test digits (the ceiling of the measure). Writes JSON, a GIF with one clip per prompt
 side by side, and a PNG of its frames (one row per prompt).
+
+`--prompts seen` measures prompts that did occur in training instead (`seen_pairs()`, one per digit): choose
+sampler settings there, then report the held-out prompts.
 """
 
 import argparse
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 
 from dit_pipelines import DiTDDIMScheduler, DiTDDPMScheduler  # also registers the classes with diffusers
-from dit_pipelines.data.moving_mnist import caption, held_out_pairs, make_moving_mnist
+from dit_pipelines.data.moving_mnist import caption, held_out_pairs, make_moving_mnist, seen_pairs
 from dit_pipelines.evaluation import load_classifier, mnist_tensors
 from dit_pipelines.video_evaluation import prompt_following
 
@@ -28,6 +31,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", required=True, help="a saved DiTTextToVideoPipeline folder or Hub repo id")
     p.add_argument("--clips_per_prompt", type=int, default=10)
+    p.add_argument("--prompts", choices=["held_out", "seen"], default="held_out",
+                   help="the held-out (digit, direction) pairs, or one pair per digit seen in training")  # fmt: skip
     p.add_argument("--num_frames", type=int, default=None, help="default: the frames the model was trained on")
     p.add_argument("--digit_size", type=int, default=16, help="the digits' size in the training clips")
     p.add_argument("--speed", type=int, default=2, help="the training clips' pixels per frame (real clips)")
@@ -40,8 +45,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def held_out_prompts(clips_per_prompt: int):
-    pairs = sorted(held_out_pairs())
+def prompt_pairs(clips_per_prompt: int, which: str = "held_out"):
+    """(digits, directions), `clips_per_prompt` of each pair of the held-out or the seen set."""
+    pairs = sorted(held_out_pairs() if which == "held_out" else seen_pairs())
     digits = [d for d, _ in pairs for _ in range(clips_per_prompt)]
     directions = [w for _, w in pairs for _ in range(clips_per_prompt)]
     return digits, directions
@@ -76,7 +82,7 @@ def real_clips(digits, directions, num_frames, frame_size, args):
     return torch.cat(clips)
 
 
-def save_figure(clips, prompts_per_row, folder):
+def save_figure(clips, prompts_per_row, folder, name):
     """A GIF with one clip per prompt side by side, and a PNG of its frames (a row per prompt)."""
     from diffusers.utils import export_to_gif
     from PIL import Image
@@ -85,11 +91,11 @@ def save_figure(clips, prompts_per_row, folder):
     pixels = (chosen.clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # (P, F, H, W)
     gap = np.full((pixels.shape[2], 2), 128, np.uint8)
     frames = [np.concatenate([x for clip in pixels for x in (clip[f], gap)], 1) for f in range(pixels.shape[1])]
-    export_to_gif([Image.fromarray(f) for f in frames], os.path.join(folder, "held_out_prompts.gif"), fps=4)
+    export_to_gif([Image.fromarray(f) for f in frames], os.path.join(folder, f"{name}.gif"), fps=4)
     rows = [np.concatenate([x for frame in clip for x in (frame, gap)], 1) for clip in pixels]
     Image.fromarray(np.concatenate(rows, 0)).resize(
         (rows[0].shape[1] * 2, len(rows) * pixels.shape[2] * 2), Image.NEAREST
-    ).save(os.path.join(folder, "held_out_prompts.png"))
+    ).save(os.path.join(folder, f"{name}.png"))
 
 
 def main(args) -> dict:
@@ -103,7 +109,7 @@ def main(args) -> dict:
     pipe.set_progress_bar_config(disable=True)
     args.num_frames = args.num_frames or pipe.transformer.config.sample_frames
     classifier = load_classifier()
-    digits, directions = held_out_prompts(args.clips_per_prompt)
+    digits, directions = prompt_pairs(args.clips_per_prompt, args.prompts)
     prompts = [caption([d], [w]) for d, w in zip(digits, directions)]
 
     start = time.perf_counter()
@@ -114,7 +120,10 @@ def main(args) -> dict:
         "pipeline": args.pipeline,
         "clips": len(prompts),
         "num_frames": args.num_frames,
+        "prompt_set": args.prompts,
         "guidance_scale": args.guidance_scale,
+        "scheduler": type(pipe.scheduler).__name__,
+        "num_inference_steps": len(pipe.scheduler.timesteps),  # the steps the last call took
         "generated": prompt_following(classifier, generated, digits, directions, args.digit_size),
         "real": prompt_following(classifier, real, digits, directions, args.digit_size),
         "seconds_per_clip": seconds / len(prompts),
@@ -123,17 +132,19 @@ def main(args) -> dict:
     folder = args.output_dir or (os.path.join(args.pipeline, "prompt_following") if os.path.isdir(args.pipeline)
                                  else "prompt_following")  # fmt: skip
     os.makedirs(folder, exist_ok=True)
-    save_figure(generated, len(set(prompts)), folder)
-    with open(os.path.join(folder, "prompt_following.json"), "w") as f:
+    figure = f"{args.prompts}_prompts"
+    save_figure(generated, len(set(prompts)), folder, figure)
+    suffix = "" if args.prompts == "held_out" else f"_{args.prompts}"
+    with open(os.path.join(folder, f"prompt_following{suffix}.json"), "w") as f:
         json.dump(result, f, indent=2)
 
-    print(f"{len(prompts)} clips of {args.num_frames} frames, {len(set(prompts))} held-out prompts, "
+    print(f"{len(prompts)} clips of {args.num_frames} frames, {len(set(prompts))} {args.prompts.replace("_", "-")} prompts, "
           f"guidance {args.guidance_scale}, {result['seconds_per_clip']:.2f} s/clip")  # fmt: skip
     print(f"{'':<12}{'digit':>8}{'direction':>11}{'both':>8}")
     for name in ("generated", "real"):
         r = result[name]
         print(f"{name:<12}{r['digit_accuracy']:>8.1%}{r['direction_accuracy']:>11.1%}{r['both']:>8.1%}")
-    print(f"figure: {os.path.abspath(os.path.join(folder, 'held_out_prompts.gif'))}")
+    print(f"figure: {os.path.abspath(os.path.join(folder, figure + '.gif'))}")
     return result
 
 

@@ -15,7 +15,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from dit_pipelines import DiTDDPMScheduler
+from dit_pipelines import DiTDDIMScheduler, DiTDDPMScheduler
 from training.common import ShardedEpochSampler, read_state, resolve_resume_path, save_checkpoint
 
 logger = logging.getLogger("training")
@@ -55,6 +55,8 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     run.add_argument("--num_inference_steps", type=int, default=50, help="sampling steps of the validation samples")
     run.add_argument("--guidance_scale", type=float, default=4.0, help="guidance of the validation samples")
     run.add_argument("--sampling_respacing", default="250", help="respacing saved in the pipeline's scheduler")
+    run.add_argument("--sampling_scheduler", default="ddpm", choices=["ddpm", "ddim"],
+                     help="the scheduler saved with the pipeline (the same chain either way)")  # fmt: skip
     run.add_argument("--report_to", default="none", help="tensorboard, wandb, ... or none")
     run.add_argument("--push_to_hub", action="store_true")
     run.add_argument("--hub_model_id", default=None)
@@ -86,6 +88,12 @@ def noise_scheduler_for(args, learn_sigma: bool) -> DiTDDPMScheduler:
         variance_type="learned_range" if learn_sigma else "fixed_small",
         timestep_respacing=args.sampling_respacing,
     )
+
+
+def sampling_scheduler_for(args, noise_scheduler: DiTDDPMScheduler):
+    """The scheduler saved with the pipeline: the training chain's config, DDPM or DDIM (`--sampling_scheduler`)."""
+    kind = DiTDDIMScheduler if args.sampling_scheduler == "ddim" else DiTDDPMScheduler
+    return kind.from_config(noise_scheduler.config)
 
 
 def train(

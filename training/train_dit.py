@@ -24,7 +24,7 @@ from dit_pipelines.data import class_names, load_image_dataset  # noqa: E402
 from dit_pipelines.pipelines.common import transformer_folder  # noqa: E402
 from training.common import resolve_resume_path  # noqa: E402
 from training.image_data import build_training_data  # noqa: E402
-from training.loop import add_training_args, make_accelerator, noise_scheduler_for, train  # noqa: E402
+from training.loop import add_training_args, make_accelerator, noise_scheduler_for, sampling_scheduler_for, train  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -126,7 +126,9 @@ def main(args) -> str:
         return noise_scheduler.training_loss(output.float(), x0, noise, t, vlb_weight=args.vlb_weight)
 
     def pipeline(model):
-        return DiTImagePipeline(model, noise_scheduler, vae=vae, id2label=dict(enumerate(names)))
+        return DiTImagePipeline(
+            model, sampling_scheduler_for(args, noise_scheduler), vae=vae, id2label=dict(enumerate(names))
+        )
 
     def validate(model, step):
         sample_grid(pipeline(model), len(names), args, accelerator, step)

@@ -22,12 +22,12 @@ from einops import rearrange
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dit_pipelines import DiTDDPMScheduler, DiTModel, DiTTextToVideoPipeline, VideoDiTModel  # noqa: E402
+from dit_pipelines import DiTModel, DiTTextToVideoPipeline, VideoDiTModel  # noqa: E402
 from dit_pipelines.data.moving_mnist import caption, held_out_pairs  # noqa: E402
 from dit_pipelines.pipelines.common import scale_latents, transformer_folder, vae_scale_factor  # noqa: E402
 from dit_pipelines.text_encoders import encode_text, small_t5_encoder, train_t5_tokenizer  # noqa: E402
 from training.common import resolve_resume_path  # noqa: E402
-from training.loop import add_training_args, make_accelerator, noise_scheduler_for, train  # noqa: E402
+from training.loop import add_training_args, make_accelerator, noise_scheduler_for, sampling_scheduler_for, train  # noqa: E402
 from training.video_data import add_video_data_args, frames_as_tensor, load_clips  # noqa: E402
 
 
@@ -211,13 +211,14 @@ def main(args) -> str:
         return losses
 
     def pipeline(model):
-        return DiTTextToVideoPipeline(tokenizer, text_encoder, model, noise_scheduler, vae=vae)
+        return DiTTextToVideoPipeline(
+            tokenizer, text_encoder, model, sampling_scheduler_for(args, noise_scheduler), vae=vae
+        )
 
     prompts = args.validation_prompts or [caption([d], [w]) for d, w in sorted(held_out_pairs())][:4]
 
     def validate(model, step):
         pipe = pipeline(model)
-        pipe.scheduler = DiTDDPMScheduler.from_config(noise_scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         frames = pipe(prompts, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
                       output_type="pil", generator=torch.Generator().manual_seed(args.seed)).frames  # fmt: skip

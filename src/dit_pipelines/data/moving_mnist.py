@@ -39,6 +39,12 @@ def held_out_pairs(num_digits: int = 10) -> Set[Tuple[int, str]]:
     return {(d, DIRECTION_NAMES[(3 * d) % len(DIRECTION_NAMES)]) for d in range(num_digits)}
 
 
+def seen_pairs(num_digits: int = 10) -> Set[Tuple[int, str]]:
+    """One training (digit, direction) pair per digit, the opposite direction index of its held-out one: prompts to
+    choose sampler settings on without looking at the held-out ones."""
+    return {(d, DIRECTION_NAMES[(3 * d + 4) % len(DIRECTION_NAMES)]) for d in range(num_digits)}
+
+
 def render(digit_images: Sequence[np.ndarray], starts, directions, num_frames, frame_size, speed) -> np.ndarray:
     """(F, S, S) uint8 frames; overlapping digits combine by maximum."""
     video = np.zeros((num_frames, frame_size, frame_size), np.uint8)
