@@ -138,7 +138,8 @@ def main(args) -> dict:
     with open(os.path.join(folder, f"prompt_following{suffix}.json"), "w") as f:
         json.dump(result, f, indent=2)
 
-    print(f"{len(prompts)} clips of {args.num_frames} frames, {len(set(prompts))} {args.prompts.replace('_', '-')} prompts, "
+    prompt_set = args.prompts.replace("_", "-")
+    print(f"{len(prompts)} clips of {args.num_frames} frames, {len(set(prompts))} {prompt_set} prompts, "
           f"guidance {args.guidance_scale}, {result['seconds_per_clip']:.2f} s/clip")  # fmt: skip
     print(f"{'':<12}{'digit':>8}{'direction':>11}{'both':>8}")
     for name in ("generated", "real"):

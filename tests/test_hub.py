@@ -15,7 +15,14 @@ import yaml
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from dit_pipelines import DiTDDPMScheduler, DiTImagePipeline, DiTModel, DiTTextToVideoPipeline, VideoDiTModel
+from dit_pipelines import (
+    DiTDDIMScheduler,
+    DiTDDPMScheduler,
+    DiTImagePipeline,
+    DiTModel,
+    DiTTextToVideoPipeline,
+    VideoDiTModel,
+)
 from dit_pipelines.cli import main as cli
 from dit_pipelines.conversion import dit_to_original_state_dict
 from dit_pipelines.hub import model_card
@@ -212,6 +219,24 @@ def test_model_card_is_filled_from_the_run_folder(tmp_path):
     assert "| hidden_size | 32 |" in text and "| timestep_respacing | 3 |" in text
     with pytest.raises(ValueError, match="is not a saved pipeline"):
         model_card(str(tmp_path), "tester/x")
+
+
+def test_video_model_card_names_the_vae_scheduler_and_prompt_following(tmp_path):
+    from diffusers import AutoencoderKL
+
+    pipe = tiny_video_pipeline(timestep_respacing="50")
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=8)  # fmt: skip
+    pipe.register_modules(vae=vae, scheduler=DiTDDIMScheduler.from_config(pipe.scheduler.config))
+    pipe.save_pretrained(tmp_path / "t2v")
+    (tmp_path / "t2v" / "prompt_following").mkdir()
+    figures = {"generated": {"digit_accuracy": 0.83, "direction_accuracy": 1.0, "both": 0.83}, "clips": 100,
+               "scheduler": "DiTDDIMScheduler", "num_inference_steps": 50}  # fmt: skip
+    (tmp_path / "t2v" / "prompt_following" / "prompt_following.json").write_text(json.dumps(figures))
+    text = model_card(str(tmp_path / "t2v"), "tester/t2v").content
+    assert "| vae | AutoencoderKL, f = 4, 4 latent channels |" in text
+    assert "| scheduler | DiTDDIMScheduler |" in text and "| sampling steps | 50 |" in text
+    assert "| right digit (per-frame classifier, majority vote) | 83.0% |" in text
 
 
 def test_sample_videos_from_the_command_line(tmp_path, capsys):

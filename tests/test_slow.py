@@ -24,3 +24,13 @@ def test_demo_smoke_run(tmp_path):
     from PIL import Image
 
     assert Image.open(grid).size == (2 * 28, 10 * 28)
+
+
+def test_video_demo_smoke_run(tmp_path):
+    from training.video_demo import main, parse_args
+
+    result = main(parse_args(["--smoke", "--output_dir", str(tmp_path / "t2v")]))
+    assert (tmp_path / "t2v-vae" / "config.json").exists()  # the VAE the demo trained first
+    assert result["clips"] == 10 and result["scheduler"] == "DiTDDIMScheduler"
+    assert 0 < result["vae_training_minutes"] < result["training_minutes"]
+    assert (tmp_path / "t2v" / "prompt_following" / "held_out_prompts.gif").exists()

@@ -7,7 +7,7 @@ from torch import nn
 
 import benchmarks.video_prompt_following as prompt_benchmark
 from dit_pipelines import DiTDDPMScheduler, DiTTextToVideoPipeline, VideoDiTModel
-from dit_pipelines.data.moving_mnist import DIRECTION_NAMES, make_moving_mnist
+from dit_pipelines.data.moving_mnist import DIRECTION_NAMES, held_out_pairs, make_moving_mnist
 from dit_pipelines.text_encoders import small_t5_encoder, train_t5_tokenizer
 from dit_pipelines.video_evaluation import (
     centroids,
@@ -116,3 +116,14 @@ def test_the_benchmark_reports_generated_and_real_clips(tmp_path, monkeypatch):
     from PIL import Image
 
     assert Image.open(tmp_path / "pipe" / "prompt_following" / "held_out_prompts.png").size == (2 * 8 * 34, 2 * 10 * 32)
+    assert (result["scheduler"], result["num_inference_steps"]) == ("DiTDDPMScheduler", 2)
+
+    seen = prompt_benchmark.main(prompt_benchmark.parse_args(
+        ["--pipeline", str(tmp_path / "pipe"), "--clips_per_prompt", "1", "--prompts", "seen"]))  # fmt: skip
+    pairs = {tuple(p.removeprefix("the digit ").split(" moves ")) for p in seen["prompts"]}
+    assert {int(d) for d, _ in pairs} == set(range(10)) and len(pairs) == 10
+    assert not {(int(d), w) for d, w in pairs} & held_out_pairs()  # prompts that occur in training
+    assert seen["prompt_set"] == "seen" and seen["real"]["digit_accuracy"] == 1.0
+    assert json.loads((tmp_path / "pipe" / "prompt_following" / "prompt_following_seen.json").read_text()) == seen
+    assert (tmp_path / "pipe" / "prompt_following" / "seen_prompts.gif").stat().st_size > 0
+    assert saved == json.loads((tmp_path / "pipe" / "prompt_following" / "prompt_following.json").read_text())

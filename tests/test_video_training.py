@@ -7,7 +7,7 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
 from safetensors.torch import load_file
 
-from dit_pipelines import DiTModel, DiTTextToVideoPipeline
+from dit_pipelines import DiTDDIMScheduler, DiTModel, DiTTextToVideoPipeline
 from training import train_vae, train_video_dit
 
 from .test_training import fresh_accelerate_state  # noqa: F401 (autouse fixture)
@@ -48,10 +48,12 @@ def video_args(output_dir, *extra):
 
 
 def test_tiny_video_run_saves_a_loadable_pipeline(tmp_path):
-    out = train_video(tmp_path / "run", "--max_train_steps", "3", "--image_batch_size", "4", "--validation_steps", "3")
+    out = train_video(tmp_path / "run", "--max_train_steps", "3", "--image_batch_size", "4", "--validation_steps", "3",
+                      "--sampling_scheduler", "ddim")  # fmt: skip
     assert (tmp_path / "run" / "validation" / "step-3.gif").exists()
     pipe = DiffusionPipeline.from_pretrained(out)
     assert isinstance(pipe, DiTTextToVideoPipeline) and pipe.vae is None
+    assert isinstance(pipe.scheduler, DiTDDIMScheduler) and pipe.scheduler.config.timestep_respacing == "3"
     pipe.set_progress_bar_config(disable=True)
     frames = pipe("the digit 3 moves up", num_frames=5, generator=torch.manual_seed(0)).frames
     assert frames.shape == (1, 5, 32, 32, 1)

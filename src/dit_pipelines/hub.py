@@ -45,6 +45,8 @@ EVALUATIONS = {
         ("the same measures on real clips: direction", "real.direction_accuracy", "{:.1%}"),
         ("clips (held-out prompts)", "clips", "{}"),
         ("guidance scale", "guidance_scale", "{}"),
+        ("scheduler", "scheduler", "{}"),
+        ("sampling steps", "num_inference_steps", "{}"),
     ],
 }
 SAMPLES = ["samples.png", os.path.join("prompt_following", "held_out_prompts.gif")]
@@ -107,6 +109,10 @@ def model_card(
                   "depth", "num_heads", "attention_layout", "learn_sigma", "conditioning"]  # fmt: skip
     model_keys += ["text_embed_dim", "pooled_text_conditioning"] if text else ["num_classes", "class_dropout_prob"]
     model_rows = [(k, transformer[k]) for k in model_keys if k in transformer]
+    vae = _read_json(root / "vae" / "config.json")
+    if vae:
+        factor = 2 ** (len(vae["block_out_channels"]) - 1)
+        model_rows.append(("vae", f"{vae['_class_name']}, f = {factor}, {vae['latent_channels']} latent channels"))
     sampler_rows = [("scheduler", scheduler.get("_class_name"))] + [
         (k, scheduler[k]) for k in ("timestep_respacing", "variance_type", "prediction_type", "beta_schedule")
         if k in scheduler
