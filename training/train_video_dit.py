@@ -8,7 +8,10 @@ exact resume, mixed precision, accumulation) and a saved `DiTTextToVideoPipeline
 T5 prompts: `--text_encoder` (a folder with tokenizer/ and text_encoder/, e.g. a saved pipeline), else a T5
 tokenizer is trained on the captions and a small T5 encoder built (no pretrained T5 can be downloaded here). The
 frozen encoder's embeddings of every distinct caption are computed once. Captions are dropped (replaced by the
-empty prompt, the pipeline's negative prompt) with `--caption_dropout_prob`, for classifier-free guidance.
+empty prompt, the pipeline's negative prompt) with `--caption_dropout_prob`, for classifier-free guidance. With
+`--caption_part_dropout_prob`, a one-digit clip's caption is cut to its digit ("the digit 3") or to its motion ("a
+digit moves up"), half the time each, so that each part of a caption has to carry its meaning alone: the model then
+composes pairs it never saw ("the digit 9 moves right") from the parts.
 """
 
 import argparse
@@ -63,6 +66,8 @@ def parse_args(argv=None):
     text.add_argument("--t5_d_model", type=int, default=64, help="width of the T5 built when none is given")
     text.add_argument("--max_sequence_length", type=int, default=24)
     text.add_argument("--caption_dropout_prob", type=float, default=0.1)
+    text.add_argument("--caption_part_dropout_prob", type=float, default=0.0,
+                      help="one-digit clips: caption cut to its digit or its motion, half the time each")  # fmt: skip
     add_training_args(p)
     p.add_argument("--validation_prompts", nargs="*", default=None, help="default: the held-out prompts")
     return p.parse_args(argv)
@@ -122,16 +127,32 @@ def freeze_spatial_layers(model: VideoDiTModel) -> None:
 
 
 class Clips(torch.utils.data.Dataset):
-    """Clips as model inputs (pixels in [-1, 1] (1, F, H, W), or cached latent posteriors) with caption ids."""
+    """Clips as model inputs (pixels in [-1, 1] (1, F, H, W), or cached latent posteriors) with caption ids: the
+    whole caption, and (N, 2) ids of its digit-only and motion-only parts (the whole caption where there are none)."""
 
-    def __init__(self, inputs: dict, caption_ids: torch.Tensor, digits: torch.Tensor):
-        self.inputs, self.caption_ids, self.digits = inputs, caption_ids, digits
+    def __init__(self, inputs: dict, caption_ids: torch.Tensor, part_ids: torch.Tensor, digits: torch.Tensor):
+        self.inputs, self.caption_ids, self.part_ids, self.digits = inputs, caption_ids, part_ids, digits
 
     def __len__(self):
         return len(self.caption_ids)
 
     def __getitem__(self, i):
-        return {**{k: v[i] for k, v in self.inputs.items()}, "caption": self.caption_ids[i], "digit": self.digits[i]}
+        ids = {"caption": self.caption_ids[i], "caption_parts": self.part_ids[i], "digit": self.digits[i]}
+        return {**{k: v[i] for k, v in self.inputs.items()}, **ids}
+
+
+def caption_parts(clips, captions):
+    """Per clip, its caption cut to the digit ("the digit 3") and to the motion ("a digit moves up"); the whole
+    caption for clips of two digits or without `digits`/`directions` columns."""
+    if not {"digits", "directions"} <= set(clips.column_names):
+        return [(c, c) for c in captions]
+    return [(c, c) if len(d) != 1 else (digit_caption(d[0]), f"a digit moves {w[0]}")
+            for c, d, w in zip(captions, clips["digits"], clips["directions"])]  # fmt: skip
+
+
+def digit_caption(digit: int) -> str:
+    """ "the digit 3": the caption of a single frame (joint image batches) and of a clip's digit alone."""
+    return caption([digit], [""])[: -len(" moves ")]
 
 
 @torch.no_grad()
@@ -154,8 +175,9 @@ def main(args) -> str:
     clips = load_clips(args)
     captions = list(clips["caption"])
     digits = [int(d[0]) for d in clips["digits"]] if "digits" in clips.column_names else [0] * len(captions)
-    image_captions = [caption([d], [""])[: -len(" moves ")] for d in range(10)]  # "the digit d"
-    vocabulary = sorted(set(captions)) + image_captions + [""]
+    image_captions = [digit_caption(d) for d in range(10)]
+    parts = caption_parts(clips, captions)
+    vocabulary = sorted(set(captions) | {p for pair in parts for p in pair} | set(image_captions)) + [""]
     tokenizer, text_encoder = text_components(args, vocabulary)
     embeds, masks = encode_text(tokenizer, text_encoder, vocabulary, args.max_sequence_length, torch.device("cpu"))
     caption_index = {c: i for i, c in enumerate(vocabulary)}
@@ -173,7 +195,8 @@ def main(args) -> str:
     channels = vae.config.latent_channels if vae else 1
     model = build_model(args, channels, args.frame_size // factor, text_encoder.config.d_model)
     noise_scheduler = noise_scheduler_for(args, model.config.learn_sigma)
-    dataset = Clips(inputs, torch.tensor([caption_index[c] for c in captions]), torch.tensor(digits))
+    part_ids = torch.tensor([[caption_index[p] for p in pair] for pair in parts])
+    dataset = Clips(inputs, torch.tensor([caption_index[c] for c in captions]), part_ids, torch.tensor(digits))
 
     def latents(batch):
         if "mean" in batch:
@@ -187,9 +210,15 @@ def main(args) -> str:
             z = vae.encode(rearrange(x, "b c f h w -> (b f) c h w")).latent_dist.sample()
         return rearrange(scale_latents(z, vae.config), "(b f) c h w -> b c f h w", b=x.shape[0])
 
-    def diffusion_loss(model, x0, caption_ids):
-        drop = torch.rand(len(caption_ids), device=device) < args.caption_dropout_prob
-        ids = torch.where(drop, torch.full_like(caption_ids, empty), caption_ids.to(device)).cpu()
+    def diffusion_loss(model, x0, caption_ids, part_ids=None):
+        u = torch.rand(
+            len(caption_ids), device=device
+        ).cpu()  # < dropout: empty; then digit part, motion part; else the caption
+        ids = torch.where(u < args.caption_dropout_prob, torch.full_like(caption_ids, empty), caption_ids.cpu())
+        if part_ids is not None and args.caption_part_dropout_prob:
+            part = ((u - args.caption_dropout_prob) / args.caption_part_dropout_prob * 2).floor().long()  # 0 or 1
+            cut = (part >= 0) & (part <= 1)
+            ids = torch.where(cut, part_ids.cpu().gather(1, part.clamp(0, 1)[:, None])[:, 0], ids)
         noise = torch.randn_like(x0)
         t = torch.randint(0, args.num_train_timesteps, (len(x0),), device=device)
         output = model(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=embeds[ids].to(device),
@@ -198,7 +227,7 @@ def main(args) -> str:
 
     def loss_fn(model, batch):
         x0 = latents(batch)
-        losses = diffusion_loss(model, x0, batch["caption"])
+        losses = diffusion_loss(model, x0, batch["caption"], batch["caption_parts"])
         if args.image_batch_size:  # single frames of random clips of the batch, captioned with their digit
             pick = torch.randint(0, len(x0), (args.image_batch_size,), device=device)
             frame = torch.randint(0, x0.shape[2], (args.image_batch_size,), device=device)

@@ -41,6 +41,7 @@ VAE_RECIPE = DATA + ["--block_out_channels", "16", "32", "64", "--latent_channel
 RECIPE = DATA + [
     "--precompute_latents", "--patch_size", "1", "--temporal_patch_size", "2", "--hidden_size", "64", "--depth", "6",
     "--num_heads", "2", "--attention_layout", "factorized", "--pooled_text_conditioning",
+    "--caption_part_dropout_prob", "0.2",
     "--prediction_type", "v_prediction", "--train_batch_size", "32", "--max_train_steps", "3500",
     "--learning_rate", "2e-3", "--lr_scheduler", "constant_with_warmup", "--lr_warmup_steps", "200",
     "--ema_decay", "0.999", "--ema_warmup", "--checkpointing_steps", "1000", "--checkpoints_total_limit", "1",
