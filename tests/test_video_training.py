@@ -110,3 +110,35 @@ def test_video_errors(tmp_path):
     image.save_pretrained(tmp_path / "rgb")
     with pytest.raises(ValueError, match="The image DiT takes 3 channels, the data has 1"):
         train_video(tmp_path / "y", "--init_from_image_dit", str(tmp_path / "rgb"))
+
+
+def test_caption_parts_and_the_caption_each_sample_trains_with():
+    from dit_pipelines.data.moving_mnist import make_moving_mnist
+
+    images = torch.zeros(20, 28, 28, dtype=torch.uint8).numpy()
+    clips = make_moving_mnist(images, [i % 10 for i in range(20)], num_clips=30, max_digits=2, seed=0)
+    parts = train_video_dit.caption_parts(clips, list(clips["caption"]))
+    for row, (digit_part, motion_part) in zip(clips, parts):
+        if len(row["digits"]) == 1:
+            assert (digit_part, motion_part) == (
+                f"the digit {row['digits'][0]}",
+                f"a digit moves {row['directions'][0]}",
+            )
+        else:  # two digits: the whole caption stays
+            assert digit_part == motion_part == row["caption"]
+    assert {len(r["digits"]) for r in clips} == {1, 2}
+
+    u = (torch.arange(1000) + 0.5) / 1000  # no draw on a boundary
+    whole, empty = torch.full((1000,), 7), 0
+    cut = torch.tensor([[1, 2]]).expand(1000, 2)
+    ids = train_video_dit.training_caption_ids(u, whole, cut, empty, dropout_prob=0.1, part_dropout_prob=0.2)
+    assert [(ids == i).sum().item() for i in (0, 1, 2, 7)] == [100, 100, 100, 700]
+    assert (ids[u < 0.1] == 0).all() and (ids[(u >= 0.1) & (u < 0.2)] == 1).all() and (ids[u >= 0.3] == 7).all()
+    plain = train_video_dit.training_caption_ids(u, whole, cut, empty, dropout_prob=0.1, part_dropout_prob=0.0)
+    assert [(plain == i).sum().item() for i in (0, 1, 2, 7)] == [100, 0, 0, 900]
+
+
+def test_a_run_with_caption_parts_saves_a_pipeline(tmp_path):
+    out = train_video(tmp_path / "run", "--max_train_steps", "2", "--caption_part_dropout_prob", "0.5")
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert pipe.tokenizer.tokenize("a digit moves up") == ["▁a", "▁digit", "▁moves", "▁up"]  # part captions' words

@@ -150,6 +150,16 @@ def caption_parts(clips, captions):
             for c, d, w in zip(captions, clips["digits"], clips["directions"])]  # fmt: skip
 
 
+def training_caption_ids(u, caption_ids, part_ids, empty: int, dropout_prob: float, part_dropout_prob: float):
+    """The caption id each sample trains with, from one uniform draw `u` (N,) per sample: the empty caption when
+    u < dropout_prob, the digit part (`part_ids[:, 0]`) or the motion part (`part_ids[:, 1]`) on the next
+    `part_dropout_prob` (half each), else the whole caption (`caption_ids`)."""
+    part = ((u - dropout_prob) / part_dropout_prob * 2).floor().long() if part_dropout_prob else torch.full_like(u, 2)
+    cut = part_ids.gather(1, part.clamp(0, 1).long()[:, None])[:, 0]
+    ids = torch.where((part == 0) | (part == 1), cut, caption_ids)
+    return torch.where(u < dropout_prob, torch.full_like(caption_ids, empty), ids)
+
+
 def digit_caption(digit: int) -> str:
     """ "the digit 3": the caption of a single frame (joint image batches) and of a clip's digit alone."""
     return caption([digit], [""])[: -len(" moves ")]
@@ -211,14 +221,10 @@ def main(args) -> str:
         return rearrange(scale_latents(z, vae.config), "(b f) c h w -> b c f h w", b=x.shape[0])
 
     def diffusion_loss(model, x0, caption_ids, part_ids=None):
-        u = torch.rand(
-            len(caption_ids), device=device
-        ).cpu()  # < dropout: empty; then digit part, motion part; else the caption
-        ids = torch.where(u < args.caption_dropout_prob, torch.full_like(caption_ids, empty), caption_ids.cpu())
-        if part_ids is not None and args.caption_part_dropout_prob:
-            part = ((u - args.caption_dropout_prob) / args.caption_part_dropout_prob * 2).floor().long()  # 0 or 1
-            cut = (part >= 0) & (part <= 1)
-            ids = torch.where(cut, part_ids.cpu().gather(1, part.clamp(0, 1)[:, None])[:, 0], ids)
+        u = torch.rand(len(caption_ids), device=device).cpu()
+        parts = part_ids.cpu() if part_ids is not None else caption_ids.cpu()[:, None].expand(-1, 2)
+        ids = training_caption_ids(u, caption_ids.cpu(), parts, empty, args.caption_dropout_prob,
+                                   args.caption_part_dropout_prob)  # fmt: skip
         noise = torch.randn_like(x0)
         t = torch.randint(0, args.num_train_timesteps, (len(x0),), device=device)
         output = model(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=embeds[ids].to(device),
