@@ -1,0 +1,285 @@
+"""Speed of dit_pipelines against diffusers on the same work, measured in the same run.
+
+    python benchmarks/speed.py --threads 1
+    python benchmarks/speed.py --threads 2 --output speed-2threads.json
+    python benchmarks/speed.py --threads 2 --only forward --repeats 5      # one section, fewer repeats
+
+Rows (identical weights where the two implementations share an architecture):
+- `forward`: `DiTModel` vs diffusers' `DiTTransformer2DModel` (converted from ours with `dit_to_diffusers`), DiT-S/2
+  and DiT-B/2 on 32x32x4 latents, batch 1, 8, 16, no grad; achieved FLOP/s as a fraction of the fp32 matmul rate.
+- `train`: one training step (forward, backward, AdamW) at DiT-S/2 batch 8; peak memory of the step (resident set
+  growth, in a fresh process per implementation).
+- `pipeline`: `DiTImagePipeline` vs diffusers' `DiTPipeline`, DiT-S/2, 25 DDIM steps, guidance 4, the same random
+  `AutoencoderKL` (Stable Diffusion's architecture), 4 labels.
+- `video`: `VideoDiTModel` (interleaved layout = Latte's variant 1) vs diffusers' `LatteTransformer3DModel` at a
+  matched size (8 frames of 32x32x4, p = 2, width 384, 6 spatial + 6 temporal blocks, 6 heads, text width 64).
+
+Timing: the two implementations run interleaved (A B A B ...) after a warm-up, so that the machine's drift hits
+both; each row reports medians, the spread (min-max) and the ratio theirs/ours (> 1: ours is faster). The fp32
+matmul rate is measured in the same run at the same thread count (a 2048-square `torch.mm`). FLOPs are counted
+analytically (multiply-adds x 2), attention included.
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+DIT_SIZES = {"DiT-S/2": (384, 12, 6), "DiT-B/2": (768, 12, 12)}  # width, depth, heads (p = 2, 1000 classes)
+TRAIN_SIZE = "DiT-S/2"
+VIDEO_SIZE = (384, 6, 6)  # width, spatial (= temporal) blocks, heads
+VAE_CHANNELS = (128, 256, 512, 512)  # Stable Diffusion's VAE
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    p.add_argument("--repeats", type=int, default=7, help="timed runs of each implementation, interleaved")
+    p.add_argument("--only", nargs="*", default=None, choices=["forward", "train", "pipeline", "video"])
+    p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8, 16])
+    p.add_argument("--output", default=None, help="JSON file for the results")
+    p.add_argument("--memory_probe", default=None, help=argparse.SUPPRESS)  # internal: "ours|diffusers:W:D:H"
+    return p.parse_args(argv)
+
+
+def interleaved(runs: Dict[str, Callable[[], None]], repeats: int, warmup: int = 1) -> Dict[str, List[float]]:
+    """Seconds per call of each callable, called in turn (A B A B ...) after `warmup` untimed rounds."""
+    times = {name: [] for name in runs}
+    for round_ in range(warmup + repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summary(seconds: List[float]) -> dict:
+    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds)}
+
+
+def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
+    """fp32 FLOP/s of a `size`-square matmul (median)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    seconds = interleaved({"mm": lambda: torch.mm(a, b)}, repeats)["mm"]
+    return 2 * size**3 / statistics.median(seconds)
+
+
+def dit_forward_flops(batch: int, tokens: int, width: int, depth: int, patch_dim: int, out_dim: int) -> float:
+    """FLOPs of a DiT forward: per block QKV + output projections (8 T D^2), attention scores and values
+    (4 T^2 D), MLP with ratio 4 (16 T D^2); patch embedding and final layer; per sample, the timestep MLP
+    (256 frequencies -> D -> D) and the adaLN maps (6D per block, 2D for the final layer)."""
+    block = 24 * tokens * width**2 + 4 * tokens**2 * width
+    ends = 2 * tokens * width * (patch_dim + out_dim)
+    conditioning = 2 * (256 * width + width**2) + 2 * width * 6 * width * depth + 2 * width * 2 * width
+    return batch * (depth * block + ends + conditioning)
+
+
+def dit_pair(width: int, depth: int, heads: int):
+    """Our DiT on 32x32x4 latents, p = 2 (random weights, adaLN not zero) and diffusers' copy of it."""
+    from dit_pipelines import DiTModel
+    from dit_pipelines.conversion import dit_to_diffusers
+
+    torch.manual_seed(0)
+    ours = DiTModel(sample_size=32, patch_size=2, in_channels=4, hidden_size=width, depth=depth, num_heads=heads,
+                    timestep_freq_shift=1.0, mlp_norm_eps=1e-5).eval()  # fmt: skip
+    with torch.no_grad():
+        for p in ours.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.02)
+    theirs = dit_to_diffusers(ours).eval()
+    return ours, theirs
+
+
+def dit_inputs(batch: int):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 4, 32, 32, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    y = torch.randint(0, 1000, (batch,), generator=g)
+    return x, t, y
+
+
+def bench_forward(args, rate: float) -> List[dict]:
+    rows = []
+    for name, (width, depth, heads) in DIT_SIZES.items():
+        ours, theirs = dit_pair(width, depth, heads)
+        for batch in args.batch_sizes:
+            x, t, y = dit_inputs(batch)
+            with torch.no_grad():
+                difference = (ours(x, t, y).sample - theirs(x, t, y).sample).abs().max().item()
+                times = interleaved({"ours": lambda: ours(x, t, y), "diffusers": lambda: theirs(x, t, y)}, args.repeats)
+            flops = dit_forward_flops(batch, 256, width, depth, 2 * 2 * 4, 2 * 2 * 8)
+            row = {"section": "forward", "model": name, "batch": batch, "max_abs_difference": difference}
+            for impl, seconds in times.items():
+                row[impl] = {**summary(seconds), "matmul_rate_fraction": flops / statistics.median(seconds) / rate}
+            row["ratio"] = row["diffusers"]["median_s"] / row["ours"]["median_s"]
+            rows.append(row)
+            print_row(row)
+    return rows
+
+
+def training_step(model, batch: int = 8):
+    """A callable running one AdamW step of `model` on random DiT inputs (the output's mean square as loss)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, t, y = dit_inputs(batch)
+    model.train()
+
+    def step():
+        loss = model(x, t, y).sample.pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def peak_memory_of_step(which: str, threads: int) -> float:
+    """MiB the resident set grows by during the first two training steps (batch 8), in a fresh process."""
+    probe = ":".join([which, *map(str, DIT_SIZES[TRAIN_SIZE])])
+    code = [sys.executable, __file__, "--memory_probe", probe, "--threads", str(threads)]
+    done = subprocess.run(code, capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def memory_probe(probe: str) -> None:
+    which, *size = probe.split(":")
+    ours, theirs = dit_pair(*map(int, size))
+    model = ours if which == "ours" else theirs
+    del ours, theirs
+    step = training_step(model)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()
+    step()
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+
+
+def bench_train(args) -> List[dict]:
+    ours, theirs = dit_pair(*DIT_SIZES[TRAIN_SIZE])
+    times = interleaved({"ours": training_step(ours), "diffusers": training_step(theirs)}, args.repeats)
+    row = {"section": "train", "model": TRAIN_SIZE, "batch": 8}
+    for impl, seconds in times.items():
+        row[impl] = {**summary(seconds), "peak_memory_mib": peak_memory_of_step(impl, args.threads)}
+    row["ratio"] = row["diffusers"]["median_s"] / row["ours"]["median_s"]
+    print_row(row)
+    return [row]
+
+
+def bench_pipeline(args) -> List[dict]:
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline
+
+    from dit_pipelines import DiTDDIMScheduler, DiTImagePipeline
+
+    ours, theirs = dit_pair(*DIT_SIZES[TRAIN_SIZE])
+    torch.manual_seed(0)
+    levels = len(VAE_CHANNELS)
+    vae = AutoencoderKL(
+        block_out_channels=VAE_CHANNELS, down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels, latent_channels=4, layers_per_block=2,
+        norm_num_groups=min(32, VAE_CHANNELS[0]),
+    ).eval()  # fmt: skip
+    ddim = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    our_pipe = DiTImagePipeline(ours, DiTDDIMScheduler(), vae=vae)
+    their_pipe = DiTPipeline(theirs, vae, DDIMScheduler(**ddim, clip_sample=False, timestep_spacing="linspace"))
+    for pipe in (our_pipe, their_pipe):
+        pipe.set_progress_bar_config(disable=True)
+    labels = [1, 2, 3, 4]
+
+    def run_ours():
+        our_pipe(labels, guidance_scale=4.0, num_inference_steps=25, generator=torch.manual_seed(0), output_type="np")
+
+    def run_theirs():
+        their_pipe(labels, guidance_scale=4.0, num_inference_steps=25, generator=torch.manual_seed(0), output_type="np")
+
+    times = interleaved({"ours": run_ours, "diffusers": run_theirs}, max(3, args.repeats // 2))
+    row = {"section": "pipeline", "model": f"{TRAIN_SIZE} + VAE", "batch": len(labels), "steps": 25}
+    row.update({impl: summary(seconds) for impl, seconds in times.items()})
+    row["ratio"] = row["diffusers"]["median_s"] / row["ours"]["median_s"]
+    print_row(row)
+    return [row]
+
+
+def bench_video(args) -> List[dict]:
+    from diffusers import LatteTransformer3DModel
+
+    from dit_pipelines import VideoDiTModel
+
+    (width, pairs, heads), text_width, frames = VIDEO_SIZE, 64, 8
+    torch.manual_seed(0)
+    theirs = LatteTransformer3DModel(
+        num_attention_heads=heads, attention_head_dim=width // heads, in_channels=4, out_channels=8,
+        num_layers=pairs, cross_attention_dim=width, attention_bias=True, sample_size=32, patch_size=2,
+        activation_fn="gelu-approximate", norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+        caption_channels=text_width, video_length=frames,
+    ).eval()  # fmt: skip
+    ours = VideoDiTModel(
+        sample_size=32, sample_frames=frames, patch_size=2, in_channels=4, hidden_size=width, depth=pairs,
+        num_heads=heads, attention_layout="interleaved", text_embed_dim=text_width, conditioning="text",
+    ).eval()  # fmt: skip
+    rows = []
+    for batch in (1, 2):
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(batch, 4, frames, 32, 32, generator=g)
+        t = torch.randint(0, 1000, (batch,), generator=g)
+        text = torch.randn(batch, 16, text_width, generator=g)  # no padding, no mask: Latte's is not repeated per frame
+        with torch.no_grad():
+            times = interleaved({
+                "ours": lambda: ours(x, t, encoder_hidden_states=text),
+                "diffusers": lambda: theirs(x, timestep=t, encoder_hidden_states=text),
+            }, args.repeats)  # fmt: skip
+        row = {"section": "video", "model": f"Latte {pairs}+{pairs} blocks, width {width}", "batch": batch}
+        row.update({impl: summary(seconds) for impl, seconds in times.items()})
+        row["ratio"] = row["diffusers"]["median_s"] / row["ours"]["median_s"]
+        rows.append(row)
+        print_row(row)
+    return rows
+
+
+def print_row(row: dict) -> None:
+    ours, theirs = row["ours"], row["diffusers"]
+    extra = ""
+    if "matmul_rate_fraction" in ours:
+        fractions = ours["matmul_rate_fraction"], theirs["matmul_rate_fraction"]
+        extra = "  of matmul rate: ours {:.0%}, diffusers {:.0%}".format(*fractions)
+    if "peak_memory_mib" in ours:
+        extra = f"  peak memory MiB: ours {ours['peak_memory_mib']:.0f}, diffusers {theirs['peak_memory_mib']:.0f}"
+    print(
+        f"{row['section']:<9}{row['model']:<28}batch {row['batch']:>3}  ours {ours['median_s'] * 1e3:8.1f} ms "
+        f"[{ours['min_s'] * 1e3:.1f}-{ours['max_s'] * 1e3:.1f}]  diffusers {theirs['median_s'] * 1e3:8.1f} ms "
+        f"[{theirs['min_s'] * 1e3:.1f}-{theirs['max_s'] * 1e3:.1f}]  ratio {row['ratio']:.2f}x{extra}",
+        flush=True,
+    )
+
+
+def main(args) -> dict:
+    torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        memory_probe(args.memory_probe)
+        return {}
+    sections = args.only or ["forward", "train", "pipeline", "video"]
+    rate = matmul_rate()
+    print(f"torch {torch.__version__}, {args.threads} thread(s): fp32 matmul {rate / 1e9:.1f} GFLOP/s", flush=True)
+    rows = []
+    if "forward" in sections:
+        rows += bench_forward(args, rate)
+    if "train" in sections:
+        rows += bench_train(args)
+    if "pipeline" in sections:
+        rows += bench_pipeline(args)
+    if "video" in sections:
+        rows += bench_video(args)
+    result = {"threads": args.threads, "torch": torch.__version__, "matmul_flops": rate, "rows": rows}
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,37 @@
+"""`benchmarks/speed.py` on tiny sizes: its FLOP count, and every section's rows."""
+
+import json
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import benchmarks.speed as speed
+
+
+def test_the_flop_count_matches_torch_flop_counter_plus_attention():
+    ours, _ = speed.dit_pair(width=32, depth=2, heads=2)
+    x, t, y = speed.dit_inputs(batch=3)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        ours(x, t, y)
+    tokens, width = 16 * 16, 32
+    attention = 3 * 2 * 4 * tokens**2 * width  # SDPA, which the counter does not see on the CPU
+    assert speed.dit_forward_flops(3, tokens, width, 2, 2 * 2 * 4, 2 * 2 * 8) == counter.get_total_flops() + attention
+
+
+def test_every_section_reports_both_implementations(tmp_path, monkeypatch):
+    monkeypatch.setattr(speed, "DIT_SIZES", {"tiny": (32, 2, 2)})
+    monkeypatch.setattr(speed, "TRAIN_SIZE", "tiny")
+    monkeypatch.setattr(speed, "VIDEO_SIZE", (32, 1, 2))
+    monkeypatch.setattr(speed, "VAE_CHANNELS", (8, 8))
+    out = tmp_path / "speed.json"
+    result = speed.main(speed.parse_args(["--repeats", "2", "--batch_sizes", "2", "--output", str(out)]))
+    assert json.loads(out.read_text()) == result and result["matmul_flops"] > 0
+    sections = [row["section"] for row in result["rows"]]
+    assert sections == ["forward", "train", "pipeline", "video", "video"]
+    forward = result["rows"][0]
+    assert forward["max_abs_difference"] < 1e-5  # the same weights compute the same function
+    for row in result["rows"]:
+        assert row["ratio"] == row["diffusers"]["median_s"] / row["ours"]["median_s"]
+        assert row["ours"]["min_s"] <= row["ours"]["median_s"] <= row["ours"]["max_s"]
+    train = result["rows"][1]
+    assert train["ours"]["peak_memory_mib"] >= 0 and train["diffusers"]["peak_memory_mib"] >= 0  # tiny: maybe 0
