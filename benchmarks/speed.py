@@ -258,7 +258,15 @@ def print_row(row: dict) -> None:
 
 
 def main(args) -> dict:
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return run_sections(args)
+    finally:
+        torch.set_num_threads(threads)  # the caller's setting again (tests share the process)
+
+
+def run_sections(args) -> dict:
     if args.memory_probe:
         memory_probe(args.memory_probe)
         return {}

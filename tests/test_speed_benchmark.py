@@ -24,8 +24,10 @@ def test_every_section_reports_both_implementations(tmp_path, monkeypatch):
     monkeypatch.setattr(speed, "VIDEO_SIZE", (32, 1, 2))
     monkeypatch.setattr(speed, "VAE_CHANNELS", (8, 8))
     out = tmp_path / "speed.json"
+    threads = torch.get_num_threads()
     result = speed.main(speed.parse_args(["--repeats", "2", "--batch_sizes", "2", "--output", str(out)]))
     assert json.loads(out.read_text()) == result and result["matmul_flops"] > 0
+    assert torch.get_num_threads() == threads  # restored for the rest of the process
     sections = [row["section"] for row in result["rows"]]
     assert sections == ["forward", "train", "pipeline", "video", "video"]
     forward = result["rows"][0]
