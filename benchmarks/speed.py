@@ -149,15 +149,36 @@ def peak_memory_of_step(which: str, threads: int) -> float:
 
 
 def memory_probe(probe: str) -> None:
-    which, *size = probe.split(":")
-    ours, theirs = dit_pair(*map(int, size))
-    model = ours if which == "ours" else theirs
-    del ours, theirs
+    """Build ONE implementation (building both, or converting, would set a resident-set peak the step may not
+    exceed), then print how many MiB two training steps add to the process's peak resident set."""
+    from diffusers import DiTTransformer2DModel
+
+    from dit_pipelines import DiTModel
+
+    which, width, depth, heads = probe.split(":")
+    width, depth, heads = int(width), int(depth), int(heads)
+    if which == "ours":
+        model = DiTModel(sample_size=32, patch_size=2, in_channels=4, hidden_size=width, depth=depth, num_heads=heads)
+    else:
+        model = DiTTransformer2DModel(
+            num_attention_heads=heads, attention_head_dim=width // heads, in_channels=4, out_channels=8,
+            num_layers=depth, sample_size=32, patch_size=2, num_embeds_ada_norm=1000,
+        )  # fmt: skip
     step = training_step(model)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_resident_mib()
     step()
     step()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    print(peak_resident_mib() - before)
+
+
+def peak_resident_mib() -> float:
+    """This process's peak resident set: VmHWM on Linux (ru_maxrss would carry over the parent's peak, since it
+    survives fork and exec), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def bench_train(args) -> List[dict]:

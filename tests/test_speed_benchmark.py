@@ -37,3 +37,11 @@ def test_every_section_reports_both_implementations(tmp_path, monkeypatch):
         assert row["ours"]["min_s"] <= row["ours"]["median_s"] <= row["ours"]["max_s"]
     train = result["rows"][1]
     assert train["ours"]["peak_memory_mib"] >= 0 and train["diffusers"]["peak_memory_mib"] >= 0  # tiny: maybe 0
+
+
+def test_peak_memory_is_the_steps_own_even_after_a_larger_parent(monkeypatch):
+    big = torch.ones(64, 1024, 1024)  # 256 MiB in this process: a child's ru_maxrss would start above its step
+    monkeypatch.setattr(speed, "DIT_SIZES", {"small": (128, 4, 2)})
+    monkeypatch.setattr(speed, "TRAIN_SIZE", "small")
+    grown = speed.peak_memory_of_step("ours", threads=1)
+    assert 10 < grown < big.numel() * 4 / 2**20  # activations and AdamW state of a small DiT, not the parent's
