@@ -82,14 +82,20 @@ def dit_forward_flops(batch: int, tokens: int, width: int, depth: int, patch_dim
     return batch * (depth * block + ends + conditioning)
 
 
-def dit_pair(width: int, depth: int, heads: int):
-    """Our DiT on 32x32x4 latents, p = 2 (random weights, adaLN not zero) and diffusers' copy of it."""
+def our_dit(width: int, depth: int, heads: int):
+    """Our DiT on 32x32x4 latents, p = 2, 1000 classes, with diffusers' timestep shift and pre-MLP eps."""
     from dit_pipelines import DiTModel
+
+    return DiTModel(sample_size=32, patch_size=2, in_channels=4, hidden_size=width, depth=depth, num_heads=heads,
+                    timestep_freq_shift=1.0, mlp_norm_eps=1e-5)  # fmt: skip
+
+
+def dit_pair(width: int, depth: int, heads: int):
+    """`our_dit` (random weights, adaLN not zero) and diffusers' copy of it."""
     from dit_pipelines.conversion import dit_to_diffusers
 
     torch.manual_seed(0)
-    ours = DiTModel(sample_size=32, patch_size=2, in_channels=4, hidden_size=width, depth=depth, num_heads=heads,
-                    timestep_freq_shift=1.0, mlp_norm_eps=1e-5).eval()  # fmt: skip
+    ours = our_dit(width, depth, heads).eval()
     with torch.no_grad():
         for p in ours.parameters():
             if p.requires_grad:
@@ -153,12 +159,10 @@ def memory_probe(probe: str) -> None:
     exceed), then print how many MiB two training steps add to the process's peak resident set."""
     from diffusers import DiTTransformer2DModel
 
-    from dit_pipelines import DiTModel
-
     which, width, depth, heads = probe.split(":")
     width, depth, heads = int(width), int(depth), int(heads)
     if which == "ours":
-        model = DiTModel(sample_size=32, patch_size=2, in_channels=4, hidden_size=width, depth=depth, num_heads=heads)
+        model = our_dit(width, depth, heads)
     else:
         model = DiTTransformer2DModel(
             num_attention_heads=heads, attention_head_dim=width // heads, in_channels=4, out_channels=8,

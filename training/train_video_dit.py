@@ -154,8 +154,11 @@ def training_caption_ids(u, caption_ids, part_ids, empty: int, dropout_prob: flo
     """The caption id each sample trains with, from one uniform draw `u` (N,) per sample: the empty caption when
     u < dropout_prob, the digit part (`part_ids[:, 0]`) or the motion part (`part_ids[:, 1]`) on the next
     `part_dropout_prob` (half each), else the whole caption (`caption_ids`)."""
-    part = ((u - dropout_prob) / part_dropout_prob * 2).floor().long() if part_dropout_prob else torch.full_like(u, 2)
-    cut = part_ids.gather(1, part.clamp(0, 1).long()[:, None])[:, 0]
+    if part_dropout_prob:
+        part = ((u - dropout_prob) / part_dropout_prob * 2).floor().long()
+    else:
+        part = torch.full(u.shape, 2, dtype=torch.long)  # never 0 or 1: no sample is cut
+    cut = part_ids.gather(1, part.clamp(0, 1)[:, None])[:, 0]
     ids = torch.where((part == 0) | (part == 1), cut, caption_ids)
     return torch.where(u < dropout_prob, torch.full_like(caption_ids, empty), ids)
 

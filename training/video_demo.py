@@ -11,8 +11,8 @@ digit, `held_out_pairs()`) never occur in training; every other (digit, directio
 The recipe, latent video diffusion as in Latte and Open-Sora, scaled to the budget:
 - `VAE_RECIPE`: an `AutoencoderKL` with f = 4 (channels 16/32/64, 4 latent channels) trained on the clips' frames
   for 1,500 steps (`training/train_vae.py`): 8-frame 32x32 clips become 4x8x8x8 latents, and the decoder draws the
-  strokes (34.5 dB PSNR on held-out frames; the classifier reads its reconstructions of the held-out prompts' real
-  clips exactly as well as the clips themselves, 99%).
+  strokes (33.7 dB PSNR on held-out frames; the classifier reads a VAE's reconstructions of the held-out prompts'
+  real clips exactly as well as the clips themselves, 99%).
 - `RECIPE`: a 6-block, width-64 video DiT with one attention over all space-time tokens ("full") on 1x1x2 latent
   tubelets (4 x 8 x 8 = 256 tokens a clip), v-prediction, learned sigma with the hybrid loss, T5 captions through
   cross-attention and, pooled, through adaLN, dropped 10% of the time for classifier-free guidance, EMA, 3,800
