@@ -44,6 +44,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--num_inference_steps", type=int, default=None, help="default: the scheduler's respacing")
     p.add_argument("--scheduler", choices=["saved", "ddpm", "ddim"], default="saved")
+    p.add_argument("--cache_interval", type=int, default=None, help="feature caching (FORA): blocks every k steps")
     p.add_argument("--batch_size", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_json", default=None, help="default: <pipeline>/sample_quality.json when a folder")
@@ -60,6 +61,7 @@ def generate(pipe, samples_per_class, args):
             batch,
             guidance_scale=args.guidance_scale,
             guidance_interval=args.guidance_interval,
+            cache_interval=args.cache_interval,
             num_inference_steps=args.num_inference_steps,
             output_type="pt",
             generator=torch.Generator().manual_seed(args.seed + i),
@@ -93,6 +95,7 @@ def evaluate(pipe, args) -> dict:
         "num_samples": len(samples),
         "guidance_scale": args.guidance_scale,
         "guidance_interval": args.guidance_interval,
+        "cache_interval": args.cache_interval,
         "scheduler": type(pipe.scheduler).__name__,
         "num_inference_steps": len(pipe.scheduler.timesteps),
         "sampling_seconds": seconds,
@@ -120,6 +123,7 @@ def main(args) -> dict:
             "samples / sampler / steps",
             f"{results['num_samples']} / {results['scheduler']} / {results['num_inference_steps']}",
         ),
+        ("feature cache interval", str(args.cache_interval or "off")),
         ("sampling time", f"{results['sampling_seconds']:.0f} s"),
     ]
     width = max(len(name) for name, _ in rows)

@@ -1,5 +1,6 @@
 from .dit_transformer import DiTModel
+from .feature_cache import FeatureCache
 from .presets import DIT_PRESETS
 from .video_dit import VideoDiTModel
 
-__all__ = ["DiTModel", "DIT_PRESETS", "VideoDiTModel"]
+__all__ = ["DiTModel", "DIT_PRESETS", "FeatureCache", "VideoDiTModel"]

@@ -1,6 +1,6 @@
 """`DiTModel`: the class-conditional Diffusion Transformer of Peebles & Xie (2023)."""
 
-from typing import Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +10,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d
+from .feature_cache import NO_CACHE, FeatureCache
 from .layers import MLP, FinalLayer, SelfAttention, modulate
 from .presets import preset_config
 
@@ -26,13 +27,15 @@ class DiTBlock(nn.Module):
         self.mlp = MLP(hidden_size, int(hidden_size * mlp_ratio))
         self.modulation = nn.Linear(hidden_size, 6 * hidden_size)
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        # x: (N, T, D) tokens; condition: (N, D), the SiLU of the timestep + class embedding.
+    def forward(self, x: torch.Tensor, condition: torch.Tensor, cache=NO_CACHE, index: int = 0) -> torch.Tensor:
+        # x: (N, T, D) tokens; condition: (N, D), the SiLU of the timestep + class embedding. With a `FeatureCache`
+        # the attention and MLP outputs may come from an earlier step (FORA); the gates are always this step's.
         modulation = self.modulation(condition)[:, None]  # (N, 1, 6D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=-1)
-        x = torch.addcmul(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
-        x = torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
-        return x
+        attn = cache.fetch((index, "attn"), len(x), lambda: self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
+        x = torch.addcmul(x, gate_msa, attn)
+        mlp = cache.fetch((index, "mlp"), len(x), lambda: self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        return torch.addcmul(x, gate_mlp, mlp)
 
 
 class DiTModel(ModelMixin, ConfigMixin):
@@ -162,10 +165,12 @@ class DiTModel(ModelMixin, ConfigMixin):
         timestep: Union[torch.Tensor, float, int],
         class_labels: torch.Tensor,
         return_dict: bool = True,
+        feature_cache: Optional[FeatureCache] = None,
     ) -> Union[Transformer2DModelOutput, tuple]:
         """Predict from noisy `sample` (N, C, H, W) at `timestep` (scalar or (N,)) for `class_labels` (N,) (index
         `num_classes` is the null class). Returns (N, C_out, H, W) in a `Transformer2DModelOutput`, or a
-        1-tuple if `return_dict=False`."""
+        1-tuple if `return_dict=False`. `feature_cache` (a `FeatureCache`, one per sampling run) lets the blocks
+        reuse their attention and MLP outputs of an earlier call (FORA); without it every call is exact."""
         n, _, height, width = sample.shape
         p = self.config.patch_size
         if height % p or width % p:
@@ -176,11 +181,13 @@ class DiTModel(ModelMixin, ConfigMixin):
         x = self.patch_embed(sample).flatten(2).transpose(1, 2)  # (N, T, D), T = grid_h * grid_w
         x = x + self.positions(grid_h, grid_w).to(x.dtype)
         c = self.condition(timestep, class_labels).to(x.dtype)  # (N, D)
-        for block in self.blocks:
+        cache = feature_cache or NO_CACHE
+        cache.start_call()
+        for index, block in enumerate(self.blocks):
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 x = self._gradient_checkpointing_func(block, x, c)
             else:
-                x = block(x, c)
+                x = block(x, c, cache, index)
         x = self.final_layer(x, c)  # (N, T, p*p*C_out)
 
         # Unpatchify: (N, h, w, p, q, C) -> (N, C, h*p, w*q).

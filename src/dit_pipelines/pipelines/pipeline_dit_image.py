@@ -8,7 +8,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..models import DiTModel
+from ..models import DiTModel, FeatureCache
 from .common import GuidedSamplingState, guide, step_kwargs, unscale_latents, uses_learned_variance, vae_scale_factor
 
 ClassLabels = Union[int, str, List[Union[int, str]], torch.Tensor]
@@ -100,6 +100,7 @@ class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
         shape,
         generator,
         callback_tensor_inputs,
+        cache_interval=None,
     ):
         factor = self.vae_scale_factor * self.transformer.config.patch_size
         if height % factor or width % factor:
@@ -123,6 +124,8 @@ class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
             )
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}.")
+        if cache_interval is not None:
+            FeatureCache(cache_interval)  # raises a ValueError for anything but a positive integer
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}.")
         if latents is not None and tuple(latents.shape) != shape:
@@ -151,6 +154,7 @@ class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
         callback_on_step_end_tensor_inputs: List[str] = ("latents",),
         guidance_channels: Optional[int] = None,
         guidance_interval: Optional[Tuple[int, int]] = None,
+        cache_interval: Optional[int] = None,
     ):
         r"""Generate images of the given classes.
 
@@ -177,6 +181,10 @@ class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
             guidance_interval (`(int, int)`, *optional*): guide only at timesteps `low <= t <= high`, conditional
                 predictions elsewhere (Kynkäänniemi et al., 2024: guidance at high noise costs diversity and at low
                 noise does little). (83, 579) is their interval sigma in (0.28, 5.42] on DiT's linear schedule.
+            cache_interval (`int`, *optional*): feature caching (FORA, Selvaraju et al., 2024), off by default: the
+                transformer's blocks compute their attention and MLP outputs at every `cache_interval`-th step only
+                and reuse them in between, about `cache_interval`x less transformer work for an approximation
+                (`benchmarks/sample_quality.py --cache_interval` measures its effect). 1 or `None`: exact sampling.
 
         Returns:
             `ImagePipelineOutput` with `images`, or the tuple `(images,)`.
@@ -206,6 +214,7 @@ class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
             shape,
             generator,
             callback_on_step_end_tensor_inputs,
+            cache_interval,
         )
         self._interrupt = False
         self._guidance_scale = guidance_scale
@@ -232,6 +241,7 @@ class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
         step_channels = None if uses_learned_variance(self.scheduler) else config.in_channels
 
         # 3. Denoise.
+        feature_cache = FeatureCache(cache_interval) if cache_interval and cache_interval > 1 else None
         timesteps = self.scheduler.timesteps
         for i, t in enumerate(self.progress_bar(timesteps)):
             if self.interrupt:
@@ -239,7 +249,9 @@ class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
             guided = do_guidance and low <= t <= high
             model_input = torch.cat([latents, latents]) if guided else latents
             model_input = self.scheduler.scale_model_input(model_input, t).to(self.transformer.dtype)
-            model_output = self.transformer(model_input, t, guided_labels if guided else labels).sample.float()
+            model_output = self.transformer(
+                model_input, t, guided_labels if guided else labels, feature_cache=feature_cache
+            ).sample.float()
             if guided:
                 model_output = guide(model_output, self.guidance_scale, config.in_channels, guidance_channels)
             latents = self.scheduler.step(model_output[:, :step_channels], t, latents, **extra_step_kwargs).prev_sample

@@ -1,0 +1,112 @@
+"""Feature caching (FORA): off by default, exact at interval 1, and at a reuse call exactly the cached features
+combined with the current step's adaLN gates."""
+
+import pytest
+import torch
+
+from dit_pipelines import DiTDDIMScheduler, DiTImagePipeline
+from dit_pipelines.models import FeatureCache
+
+
+def inputs(batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 4, 8, 8, generator=g), torch.randint(0, 10, (batch,), generator=g)
+
+
+def count_calls(model):
+    """Number of calls of each block's attention and MLP, as a list that hooks append to."""
+    calls = []
+    for block in model.blocks:
+        block.attn.register_forward_hook(lambda *_: calls.append("attn"))
+        block.mlp.register_forward_hook(lambda *_: calls.append("mlp"))
+    return calls
+
+
+@pytest.mark.parametrize("interval", [0, -2, 2.5, True, "3"])
+def test_the_interval_must_be_a_positive_integer(interval):
+    with pytest.raises(ValueError, match="positive integer"):
+        FeatureCache(interval)
+
+
+def test_interval_one_is_the_uncached_model(tiny_dit):
+    model, (x, y), cache = tiny_dit(), inputs(), FeatureCache(1)
+    with torch.no_grad():
+        for t in (999, 700, 400, 10):
+            torch.testing.assert_close(model(x, t, y, feature_cache=cache).sample, model(x, t, y).sample, rtol=0, atol=0)
+    assert (cache.computed_calls, cache.reused_calls) == (4, 0)
+
+
+def test_refresh_calls_are_exact_and_reuse_calls_skip_attention_and_mlp(tiny_dit):
+    model, (x, y), cache = tiny_dit(), inputs(), FeatureCache(3)
+    calls = count_calls(model)
+    with torch.no_grad():
+        for call, t in enumerate((999, 950, 900, 850, 800)):
+            before = len(calls)
+            cached = model(x + 0.01 * call, t, y, feature_cache=cache).sample
+            computed = len(calls) - before
+            if call % 3 == 0:  # refresh: all blocks computed, nothing approximated
+                assert computed == 2 * len(model.blocks)
+                torch.testing.assert_close(cached, model(x + 0.01 * call, t, y).sample, rtol=0, atol=0)
+            else:
+                assert computed == 0
+
+
+def test_a_reuse_call_combines_the_cached_features_with_this_steps_gates(tiny_dit):
+    """Recompute a reuse call in float64 by hand: the blocks' attention and MLP outputs recorded at the refresh call,
+    the adaLN gates, the patch embedding and the final layer of the new input and timestep."""
+    model, (x, y), cache = tiny_dit(), inputs(), FeatureCache(2)
+    recorded = {}
+    hooks = [
+        module.register_forward_hook(lambda m, a, out, key=(i, name): recorded.__setitem__(key, out.double()))
+        for i, block in enumerate(model.blocks)
+        for name, module in (("attn", block.attn), ("mlp", block.mlp))
+    ]
+    with torch.no_grad():
+        model(x, 999, y, feature_cache=cache)
+        for hook in hooks:
+            hook.remove()
+        x2, t2 = x + 0.1 * torch.randn_like(x), torch.tensor([900, 900])
+        cached = model(x2, t2, y, feature_cache=cache).sample
+
+        reference = model.double()
+        tokens = reference.patch_embed(x2.double()).flatten(2).transpose(1, 2) + reference.pos_embed
+        condition = reference.condition(t2, y)
+        for i, block in enumerate(reference.blocks):
+            gates = block.modulation(condition)[:, None].chunk(6, dim=-1)
+            tokens = tokens + gates[2] * recorded[(i, "attn")] + gates[5] * recorded[(i, "mlp")]
+        out = reference.final_layer(tokens, condition).reshape(2, 4, 4, 2, 2, 8)
+        expected = torch.einsum("nhwpqc->nchpwq", out).reshape(2, 8, 8, 8)
+    torch.testing.assert_close(cached.double(), expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(cached.double(), reference(x2.double(), t2, y).sample, atol=1e-3)  # an approximation
+
+
+def test_a_batch_change_recomputes_the_features(tiny_dit):
+    """Guidance switched off between two calls halves the batch: stored features of the wrong batch are not used."""
+    model, cache = tiny_dit(), FeatureCache(4)
+    x, y = inputs(batch=4)
+    with torch.no_grad():
+        model(x, 999, y, feature_cache=cache)
+        half = model(x[:2], 990, y[:2], feature_cache=cache).sample
+        torch.testing.assert_close(half, model(x[:2], 990, y[:2]).sample, rtol=0, atol=0)
+
+
+def test_the_pipeline_caches_only_when_asked(tiny_dit):
+    pipe = DiTImagePipeline(tiny_dit(in_channels=3), DiTDDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    calls = count_calls(pipe.transformer)
+
+    def run(**kwargs):
+        calls.clear()
+        images = pipe([1, 2], num_inference_steps=7, generator=torch.manual_seed(0), output_type="pt", **kwargs)
+        return images.images, len(calls) // (2 * len(pipe.transformer.blocks))
+
+    exact, computed_steps = run()
+    assert computed_steps == 7
+    same, computed_steps = run(cache_interval=1)
+    assert computed_steps == 7
+    torch.testing.assert_close(same, exact, rtol=0, atol=0)
+    cached, computed_steps = run(cache_interval=3)
+    assert computed_steps == 3  # steps 0, 3 and 6
+    assert not torch.allclose(cached, exact)
+    with pytest.raises(ValueError, match="positive integer"):
+        pipe(1, num_inference_steps=2, cache_interval=0)
