@@ -3,16 +3,19 @@
     python benchmarks/speed.py --threads 1
     python benchmarks/speed.py --threads 2 --output speed-2threads.json
     python benchmarks/speed.py --threads 2 --only forward --repeats 5      # one section, fewer repeats
+    python benchmarks/speed.py --threads 2 --only forward --compile        # both models through torch.compile
 
 Rows (identical weights where the two implementations share an architecture):
 - `forward`: `DiTModel` vs diffusers' `DiTTransformer2DModel` (converted from ours with `dit_to_diffusers`), DiT-S/2
   and DiT-B/2 on 32x32x4 latents, batch 1, 8, 16, no grad; achieved FLOP/s as a fraction of the fp32 matmul rate.
 - `train`: one training step (forward, backward, AdamW) at DiT-S/2 batch 8; peak memory of the step (resident set
-  growth, in a fresh process per implementation).
-- `pipeline`: `DiTImagePipeline` vs diffusers' `DiTPipeline`, DiT-S/2, 25 DDIM steps, guidance 4, the same random
-  `AutoencoderKL` (Stable Diffusion's architecture), 4 labels.
-- `video`: `VideoDiTModel` (interleaved layout = Latte's variant 1) vs diffusers' `LatteTransformer3DModel` at a
-  matched size (8 frames of 32x32x4, p = 2, width 384, 6 spatial + 6 temporal blocks, 6 heads, text width 64).
+  growth, in a fresh process per implementation); FLOP/s counted as 3x the forward's (backward = 2x forward).
+- `pipeline`: `DiTImagePipeline` vs diffusers' `DiTPipeline`, DiT-S/2 and DiT-B/2 (`--pipeline_models`), 25 DDIM
+  steps, guidance 4, the same random `AutoencoderKL` (Stable Diffusion's architecture), 4 labels; ours also with
+  feature caching (`cache_interval` 2 and 3, `--cache_intervals`), which approximates.
+- `video`: `VideoDiTModel` (interleaved layout = Latte's variant 1, temporal blocks without cross-attention as in
+  Latte) vs diffusers' `LatteTransformer3DModel` at a matched size (8 frames of 32x32x4, p = 2, width 384,
+  6 spatial + 6 temporal blocks, 6 heads, 16 text tokens of width 64); FLOP/s as a fraction of the matmul rate.
 
 Timing: the two implementations run interleaved (A B A B ...) after a warm-up, so that the machine's drift hits
 both; each row reports medians, the spread (min-max) and the ratio theirs/ours (> 1: ours is faster). The fp32
@@ -43,6 +46,11 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=7, help="timed runs of each implementation, interleaved")
     p.add_argument("--only", nargs="*", default=None, choices=["forward", "train", "pipeline", "video"])
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8, 16])
+    p.add_argument("--pipeline_models", nargs="+", default=list(DIT_SIZES), choices=list(DIT_SIZES))
+    p.add_argument("--cache_intervals", type=int, nargs="*", default=[2, 3], help="pipeline rows with caching")
+    p.add_argument(
+        "--compile", action="store_true", help="forward rows: torch.compile both models (first call untimed)"
+    )
     p.add_argument("--output", default=None, help="JSON file for the results")
     p.add_argument("--memory_probe", default=None, help=argparse.SUPPRESS)  # internal: "ours|diffusers:W:D:H"
     return p.parse_args(argv)
@@ -82,6 +90,23 @@ def dit_forward_flops(batch: int, tokens: int, width: int, depth: int, patch_dim
     return batch * (depth * block + ends + conditioning)
 
 
+def video_forward_flops(batch: int, frames: int, tokens: int, width: int, pairs: int, text_tokens: int,
+                        text_width: int) -> float:  # fmt: skip
+    """FLOPs of an interleaved video DiT forward on `frames` x `tokens` tokens (T in all): per spatial block the DiT
+    block's projections and MLP (24 T D^2), attention within each frame (4 T tokens D) and cross-attention to the
+    L text tokens (query and output projections 4 T D^2, keys and values 4 L D^2, attention 4 T L D); per temporal
+    block the projections and MLP and attention within each location (4 T frames D); the ends (patch embedding,
+    final layer); per sample the caption projection, the timestep MLP and the adaLN maps."""
+    t, d = frames * tokens, width
+    spatial = 24 * t * d**2 + 4 * t * tokens * d + 4 * t * d**2 + 4 * text_tokens * d**2 + 4 * t * text_tokens * d
+    temporal = 24 * t * d**2 + 4 * t * frames * d
+    ends = 2 * t * d * (2 * 2 * 4 + 2 * 2 * 8)
+    conditioning = (
+        2 * text_tokens * (text_width * d + d**2) + 2 * (256 * d + d**2) + 2 * d * (6 * d * 2 * pairs + 2 * d)
+    )
+    return batch * (pairs * (spatial + temporal) + ends + conditioning)
+
+
 def our_dit(width: int, depth: int, heads: int):
     """Our DiT on 32x32x4 latents, p = 2, 1000 classes, with diffusers' timestep shift and pre-MLP eps."""
     from dit_pipelines import DiTModel
@@ -116,6 +141,8 @@ def bench_forward(args, rate: float) -> List[dict]:
     rows = []
     for name, (width, depth, heads) in DIT_SIZES.items():
         ours, theirs = dit_pair(width, depth, heads)
+        if args.compile:
+            ours, theirs = torch.compile(ours), torch.compile(theirs)
         for batch in args.batch_sizes:
             x, t, y = dit_inputs(batch)
             with torch.no_grad():
@@ -123,6 +150,7 @@ def bench_forward(args, rate: float) -> List[dict]:
                 times = interleaved({"ours": lambda: ours(x, t, y), "diffusers": lambda: theirs(x, t, y)}, args.repeats)
             flops = dit_forward_flops(batch, 256, width, depth, 2 * 2 * 4, 2 * 2 * 8)
             row = {"section": "forward", "model": name, "batch": batch, "max_abs_difference": difference}
+            row["variant"] = "both compiled" if args.compile else "ours"
             for impl, seconds in times.items():
                 row[impl] = {**summary(seconds), "matmul_rate_fraction": flops / statistics.median(seconds) / rate}
             row["ratio"] = row["diffusers"]["median_s"] / row["ours"]["median_s"]
@@ -185,12 +213,15 @@ def peak_resident_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_train(args) -> List[dict]:
-    ours, theirs = dit_pair(*DIT_SIZES[TRAIN_SIZE])
+def bench_train(args, rate: float) -> List[dict]:
+    width, depth, heads = DIT_SIZES[TRAIN_SIZE]
+    ours, theirs = dit_pair(width, depth, heads)
     times = interleaved({"ours": training_step(ours), "diffusers": training_step(theirs)}, args.repeats)
     row = {"section": "train", "model": TRAIN_SIZE, "batch": 8}
+    flops = 3 * dit_forward_flops(8, 256, width, depth, 2 * 2 * 4, 2 * 2 * 8)  # backward ~ 2x forward; AdamW aside
     for impl, seconds in times.items():
         row[impl] = {**summary(seconds), "peak_memory_mib": peak_memory_of_step(impl, args.threads)}
+        row[impl]["matmul_rate_fraction"] = flops / statistics.median(seconds) / rate
     row["ratio"] = row["diffusers"]["median_s"] / row["ours"]["median_s"]
     print_row(row)
     return [row]
@@ -201,7 +232,6 @@ def bench_pipeline(args) -> List[dict]:
 
     from dit_pipelines import DiTDDIMScheduler, DiTImagePipeline
 
-    ours, theirs = dit_pair(*DIT_SIZES[TRAIN_SIZE])
     torch.manual_seed(0)
     levels = len(VAE_CHANNELS)
     vae = AutoencoderKL(
@@ -210,27 +240,32 @@ def bench_pipeline(args) -> List[dict]:
         norm_num_groups=min(32, VAE_CHANNELS[0]),
     ).eval()  # fmt: skip
     ddim = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
-    our_pipe = DiTImagePipeline(ours, DiTDDIMScheduler(), vae=vae)
-    their_pipe = DiTPipeline(theirs, vae, DDIMScheduler(**ddim, clip_sample=False, timestep_spacing="linspace"))
-    for pipe in (our_pipe, their_pipe):
-        pipe.set_progress_bar_config(disable=True)
     labels = [1, 2, 3, 4]
+    rows = []
+    for name in args.pipeline_models:
+        ours, theirs = dit_pair(*DIT_SIZES[name])
+        our_pipe = DiTImagePipeline(ours, DiTDDIMScheduler(), vae=vae)
+        their_pipe = DiTPipeline(theirs, vae, DDIMScheduler(**ddim, clip_sample=False, timestep_spacing="linspace"))
+        for pipe in (our_pipe, their_pipe):
+            pipe.set_progress_bar_config(disable=True)
+        common = dict(guidance_scale=4.0, num_inference_steps=25, output_type="np")
 
-    def run_ours():
-        our_pipe(labels, guidance_scale=4.0, num_inference_steps=25, generator=torch.manual_seed(0), output_type="np")
+        def run(pipe, **kwargs):
+            return lambda: pipe(labels, generator=torch.manual_seed(0), **common, **kwargs)
 
-    def run_theirs():
-        their_pipe(labels, guidance_scale=4.0, num_inference_steps=25, generator=torch.manual_seed(0), output_type="np")
+        runs = {"ours": run(our_pipe), "diffusers": run(their_pipe)}
+        runs.update({f"ours, cache_interval={k}": run(our_pipe, cache_interval=k) for k in args.cache_intervals})
+        times = interleaved(runs, max(3, args.repeats // 2))
+        for variant in [key for key in runs if key != "diffusers"]:
+            row = {"section": "pipeline", "model": f"{name} + VAE", "variant": variant, "batch": len(labels)}
+            row.update({"steps": 25, "ours": summary(times[variant]), "diffusers": summary(times["diffusers"])})
+            row["ratio"] = row["diffusers"]["median_s"] / row["ours"]["median_s"]
+            rows.append(row)
+            print_row(row)
+    return rows
 
-    times = interleaved({"ours": run_ours, "diffusers": run_theirs}, max(3, args.repeats // 2))
-    row = {"section": "pipeline", "model": f"{TRAIN_SIZE} + VAE", "batch": len(labels), "steps": 25}
-    row.update({impl: summary(seconds) for impl, seconds in times.items()})
-    row["ratio"] = row["diffusers"]["median_s"] / row["ours"]["median_s"]
-    print_row(row)
-    return [row]
 
-
-def bench_video(args) -> List[dict]:
+def bench_video(args, rate: float) -> List[dict]:
     from diffusers import LatteTransformer3DModel
 
     from dit_pipelines import VideoDiTModel
@@ -246,6 +281,7 @@ def bench_video(args) -> List[dict]:
     ours = VideoDiTModel(
         sample_size=32, sample_frames=frames, patch_size=2, in_channels=4, hidden_size=width, depth=pairs,
         num_heads=heads, attention_layout="interleaved", text_embed_dim=text_width, conditioning="text",
+        temporal_cross_attention=False,
     ).eval()  # fmt: skip
     rows = []
     for batch in (1, 2):
@@ -259,7 +295,9 @@ def bench_video(args) -> List[dict]:
                 "diffusers": lambda: theirs(x, timestep=t, encoder_hidden_states=text),
             }, args.repeats)  # fmt: skip
         row = {"section": "video", "model": f"Latte {pairs}+{pairs} blocks, width {width}", "batch": batch}
-        row.update({impl: summary(seconds) for impl, seconds in times.items()})
+        flops = video_forward_flops(batch, frames, 256, width, pairs, text.shape[1], text_width)
+        for impl, seconds in times.items():
+            row[impl] = {**summary(seconds), "matmul_rate_fraction": flops / statistics.median(seconds) / rate}
         row["ratio"] = row["diffusers"]["median_s"] / row["ours"]["median_s"]
         rows.append(row)
         print_row(row)
@@ -273,9 +311,10 @@ def print_row(row: dict) -> None:
         fractions = ours["matmul_rate_fraction"], theirs["matmul_rate_fraction"]
         extra = "  of matmul rate: ours {:.0%}, diffusers {:.0%}".format(*fractions)
     if "peak_memory_mib" in ours:
-        extra = f"  peak memory MiB: ours {ours['peak_memory_mib']:.0f}, diffusers {theirs['peak_memory_mib']:.0f}"
+        extra += f"  peak memory MiB: ours {ours['peak_memory_mib']:.0f}, diffusers {theirs['peak_memory_mib']:.0f}"
+    label = row["model"] + (f" ({row['variant']})" if row.get("variant", "ours") != "ours" else "")
     print(
-        f"{row['section']:<9}{row['model']:<28}batch {row['batch']:>3}  ours {ours['median_s'] * 1e3:8.1f} ms "
+        f"{row['section']:<9}{label:<28}batch {row['batch']:>3}  ours {ours['median_s'] * 1e3:8.1f} ms "
         f"[{ours['min_s'] * 1e3:.1f}-{ours['max_s'] * 1e3:.1f}]  diffusers {theirs['median_s'] * 1e3:8.1f} ms "
         f"[{theirs['min_s'] * 1e3:.1f}-{theirs['max_s'] * 1e3:.1f}]  ratio {row['ratio']:.2f}x{extra}",
         flush=True,
@@ -302,11 +341,11 @@ def run_sections(args) -> dict:
     if "forward" in sections:
         rows += bench_forward(args, rate)
     if "train" in sections:
-        rows += bench_train(args)
+        rows += bench_train(args, rate)
     if "pipeline" in sections:
         rows += bench_pipeline(args)
     if "video" in sections:
-        rows += bench_video(args)
+        rows += bench_video(args, rate)
     result = {"threads": args.threads, "torch": torch.__version__, "matmul_flops": rate, "rows": rows}
     if args.output:
         with open(args.output, "w") as f:

@@ -32,7 +32,8 @@ def test_interval_one_is_the_uncached_model(tiny_dit):
     model, (x, y), cache = tiny_dit(), inputs(), FeatureCache(1)
     with torch.no_grad():
         for t in (999, 700, 400, 10):
-            torch.testing.assert_close(model(x, t, y, feature_cache=cache).sample, model(x, t, y).sample, rtol=0, atol=0)
+            cached = model(x, t, y, feature_cache=cache).sample
+            torch.testing.assert_close(cached, model(x, t, y).sample, rtol=0, atol=0)
     assert (cache.computed_calls, cache.reused_calls) == (4, 0)
 
 

@@ -18,6 +18,23 @@ def test_the_flop_count_matches_torch_flop_counter_plus_attention():
     assert speed.dit_forward_flops(3, tokens, width, 2, 2 * 2 * 4, 2 * 2 * 8) == counter.get_total_flops() + attention
 
 
+def test_the_video_flop_count_matches_torch_flop_counter_plus_attention():
+    from dit_pipelines import VideoDiTModel
+
+    (width, pairs, heads), frames, tokens, text_tokens, text_width = (32, 2, 2), 3, 16 * 16, 5, 24
+    model = VideoDiTModel(
+        sample_size=32, sample_frames=frames, hidden_size=width, depth=pairs, num_heads=heads,
+        attention_layout="interleaved", text_embed_dim=text_width, temporal_cross_attention=False,
+    )  # fmt: skip
+    x, text = torch.randn(2, 4, frames, 32, 32), torch.randn(2, text_tokens, text_width)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x, 10, encoder_hidden_states=text)
+    t = frames * tokens  # SDPA, which the counter does not see: per frame, per location, to the text
+    attention = 2 * pairs * (4 * t * tokens * width + 4 * t * frames * width + 4 * t * text_tokens * width)
+    expected = speed.video_forward_flops(2, frames, tokens, width, pairs, text_tokens, text_width)
+    assert expected == counter.get_total_flops() + attention
+
+
 def test_every_section_reports_both_implementations(tmp_path, monkeypatch):
     monkeypatch.setattr(speed, "DIT_SIZES", {"tiny": (32, 2, 2)})
     monkeypatch.setattr(speed, "TRAIN_SIZE", "tiny")
@@ -29,7 +46,9 @@ def test_every_section_reports_both_implementations(tmp_path, monkeypatch):
     assert json.loads(out.read_text()) == result and result["matmul_flops"] > 0
     assert torch.get_num_threads() == threads  # restored for the rest of the process
     sections = [row["section"] for row in result["rows"]]
-    assert sections == ["forward", "train", "pipeline", "video", "video"]
+    assert sections == ["forward", "train", "pipeline", "pipeline", "pipeline", "video", "video"]
+    variants = [row["variant"] for row in result["rows"] if row["section"] == "pipeline"]
+    assert variants == ["ours", "ours, cache_interval=2", "ours, cache_interval=3"]
     forward = result["rows"][0]
     assert forward["max_abs_difference"] < 1e-5  # the same weights compute the same function
     for row in result["rows"]:

@@ -146,3 +146,31 @@ def test_pooled_text_is_the_masked_mean_and_conditions_adaln():
         block.cross_attn.proj.bias.data.zero_()
     video, (a, mask), (b, _) = torch.randn(1, 4, 2, 8, 8), text(1, seed=0), text(1, seed=1)
     assert not torch.allclose(model(video, 10, a, mask).sample, model(video, 10, b, mask).sample)
+
+
+@pytest.mark.parametrize("mixing", ["space", "time", "spacetime"])
+def test_attention_mixings_match_a_loop_over_frames_or_locations(mixing):
+    """Each mixing against its definition, written as a loop in float64: one attention per frame (space), per
+    location with temporal positions added (time), or over the whole clip with them (spacetime)."""
+    from dit_pipelines.models.video_dit import VideoDiTBlock
+
+    b, frames, s, d = 2, 3, 4, 16
+    block = randomize_(VideoDiTBlock(d, 2, 4.0, mixing, cross_attention=False)).double()
+    h, pos = torch.randn(b, frames * s, d, dtype=torch.float64), torch.randn(1, frames, 1, d, dtype=torch.float64)
+    out = block.attend(block.attn, h, mixing, frames, pos).view(b, frames, s, d)
+    grid = h.view(b, frames, s, d)
+    if mixing == "space":
+        expected = torch.stack([block.attn(grid[:, f]) for f in range(frames)], 1)
+    elif mixing == "time":
+        expected = torch.stack([block.attn(grid[:, :, i] + pos[:, :, 0]) for i in range(s)], 2)
+    else:
+        expected = block.attn((grid + pos).reshape(b, frames * s, d)).view(b, frames, s, d)
+    torch.testing.assert_close(out, expected)
+
+
+def test_temporal_blocks_without_cross_attention_as_in_latte():
+    model = video_dit(attention_layout="interleaved", temporal_cross_attention=False)
+    assert [hasattr(block, "cross_attn") for block in model.blocks] == [True, False] * model.config.depth
+    assert model(torch.randn(2, 4, 3, 8, 8), 10, *text(2)).sample.shape == (2, 8, 3, 8, 8)
+    with pytest.raises(ValueError, match="interleaved"):
+        video_dit(attention_layout="factorized", temporal_cross_attention=False)

@@ -20,8 +20,8 @@ CONDITIONINGS = ("text", "class")
 
 
 class VideoDiTBlock(nn.Module):
-    """An adaLN-Zero block over video tokens x (B, F, S, D): self-attention, optional cross-attention to the text,
-    MLP. `mixing` is what the self-attention sees:
+    """An adaLN-Zero block over a clip's tokens x (B, F·S, D), frame after frame (F frames of S tokens):
+    self-attention, optional cross-attention to the text, MLP. `mixing` is what the self-attention sees:
 
     - "space": the S tokens of each frame, (b f) s d;
     - "time": the F tokens of each location, (b s) f d, with temporal positions added to its input;
@@ -46,30 +46,31 @@ class VideoDiTBlock(nn.Module):
         self.mlp = MLP(hidden_size, int(hidden_size * mlp_ratio))
         self.modulation = nn.Linear(hidden_size, (9 if mixing == "space+time" else 6) * hidden_size)
 
-    def attend(self, attn: SelfAttention, h: torch.Tensor, mixing: str, temporal_pos: torch.Tensor) -> torch.Tensor:
-        b, f, s, _ = h.shape
-        if mixing == "space":
-            return rearrange(attn(rearrange(h, "b f s d -> (b f) s d")), "(b f) s d -> b f s d", b=b)
+    @staticmethod
+    def attend(attn: SelfAttention, h: torch.Tensor, mixing: str, frames: int, temporal_pos: torch.Tensor):
+        b, t, d = h.shape
+        if mixing == "space":  # frames are contiguous runs of tokens: a view
+            return attn(h.view(b * frames, t // frames, d)).view(b, t, d)
+        timed = h.view(b, frames, t // frames, d) + temporal_pos  # (B, F, S, D)
         if mixing == "time":
-            out = attn(rearrange(h + temporal_pos, "b f s d -> (b s) f d"))
-            return rearrange(out, "(b s) f d -> b f s d", b=b)
-        return rearrange(attn(rearrange(h + temporal_pos, "b f s d -> b (f s) d")), "b (f s) d -> b f s d", f=f)
+            out = attn(rearrange(timed, "b f s d -> (b s) f d").contiguous())  # contiguous: one copy, then addmm
+            return rearrange(out, "(b s) f d -> b (f s) d", b=b)
+        return attn(timed.view(b, t, d))
 
-    def forward(self, x, condition, temporal_pos, context=None, context_mask=None):
-        # x: (B, F, S, D); condition: (B, D); temporal_pos: (1, F, 1, D); context: (B, L, D); context_mask: (B, L)
-        chunks = self.modulation(condition)[:, None, None].chunk(self.modulation.out_features // x.shape[-1], -1)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = chunks[:6]
+    def forward(self, x, condition, frames, temporal_pos, context=None, context_mask=None):
+        # x: (B, F·S, D); condition: (B, D); temporal_pos: (1, F, 1, D); context: (B, L, D); context_mask: (B, L)
+        chunks = self.modulation(condition)[:, None].chunk(self.modulation.out_features // x.shape[-1], -1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = chunks[:6]  # each (B, 1, D)
         first = "space" if self.mixing == "space+time" else self.mixing
-        x = x + gate_msa * self.attend(self.attn, modulate(self.norm1(x), shift_msa, scale_msa), first, temporal_pos)
+        h = modulate(self.norm1(x), shift_msa, scale_msa)
+        x = torch.addcmul(x, gate_msa, self.attend(self.attn, h, first, frames, temporal_pos))
         if self.mixing == "space+time":
             shift_t, scale_t, gate_t = chunks[6:]
             h = modulate(self.norm_temporal(x), shift_t, scale_t)
-            x = x + gate_t * self.attend(self.temporal_attn, h, "time", temporal_pos)
+            x = torch.addcmul(x, gate_t, self.attend(self.temporal_attn, h, "time", frames, temporal_pos))
         if hasattr(self, "cross_attn"):
-            b, f, s, d = x.shape
-            out = self.cross_attn(self.norm_cross(x).reshape(b, f * s, d), context, context_mask)
-            x = x + out.view(b, f, s, d)
-        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+            x = x + self.cross_attn(self.norm_cross(x), context, context_mask)
+        return torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
 
 
 def pooled_text(states: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -93,7 +94,8 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
     Conditioning is the timestep through adaLN-Zero plus either T5 text embeddings (`conditioning="text"`:
     a caption projection and cross-attention in every block, padding masked; with `pooled_text_conditioning` the
     caption's mean token also joins the timestep embedding that drives adaLN, as in SD3) or class labels with a null
-    class.
+    class. `temporal_cross_attention=False` leaves the cross-attention out of the interleaved layout's temporal
+    blocks, as Latte does.
     One frame (F = 1) is an image. Frame counts above `sample_frames` get their temporal positions interpolated
     into the trained range, so a model trained on 8 frames samples 12.
 
@@ -132,8 +134,11 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
         pooled_text_conditioning: bool = False,
         timestep_freq_shift: float = 0.0,
         mlp_norm_eps: float = 1e-6,
+        temporal_cross_attention: bool = True,
     ):
         super().__init__()
+        if not temporal_cross_attention and attention_layout != "interleaved":
+            raise ValueError("temporal_cross_attention=False concerns the temporal blocks of the 'interleaved' layout.")
         if attention_layout not in ATTENTION_LAYOUTS:
             raise ValueError(f"Unknown attention_layout {attention_layout!r}; choose one of {ATTENTION_LAYOUTS}.")
         if conditioning not in CONDITIONINGS:
@@ -158,7 +163,14 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
             self.class_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         mixings = {"interleaved": ["space", "time"], "factorized": ["space+time"], "full": ["spacetime"]}
         self.blocks = nn.ModuleList(
-            VideoDiTBlock(hidden_size, num_heads, mlp_ratio, mixing, text, mlp_norm_eps)
+            VideoDiTBlock(
+                hidden_size,
+                num_heads,
+                mlp_ratio,
+                mixing,
+                text and (temporal_cross_attention or mixing != "time"),
+                mlp_norm_eps,
+            )  # fmt: skip
             for _ in range(depth)
             for mixing in mixings[attention_layout]
         )
@@ -275,7 +287,7 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
         x = self.patch_embed(sample)  # (B, D, F', H', W')
         grid_f, grid_h, grid_w = x.shape[2:]
         x = rearrange(x, "b d f h w -> b f (h w) d")
-        x = x + sincos_2d(self.config.hidden_size, grid_h, grid_w).to(x.device, x.dtype)
+        x = (x + sincos_2d(self.config.hidden_size, grid_h, grid_w).to(x.device, x.dtype)).flatten(1, 2)  # (B, T, D)
         temporal_pos = self.temporal_positions(grid_f).to(x.device, x.dtype)[None, :, None]  # (1, F', 1, D)
         t_emb = self.timestep_embedder(timestep)
         if self.config.conditioning == "text":
@@ -287,14 +299,21 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
             condition = F.silu(t_emb + self.class_embedder(class_labels)).to(x.dtype)
             context = None
         for block in self.blocks:
-            args = (x, condition, temporal_pos, context, encoder_attention_mask)
+            args = (x, condition, grid_f, temporal_pos, context, encoder_attention_mask)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 x = self._gradient_checkpointing_func(block, *args)
             else:
                 x = block(*args)
-        x = self.final_layer(x, condition)  # (B, F', S, pt*p*p*C_out)
+        x = self.final_layer(x, condition)  # (B, F'·S, pt*p*p*C_out)
         output = rearrange(
-            x, "b f (h w) (pt p q c) -> b c (f pt) (h p) (w q)", h=grid_h, pt=pt, p=p, q=p, c=self.out_channels
+            x,
+            "b (f h w) (pt p q c) -> b c (f pt) (h p) (w q)",
+            f=grid_f,
+            h=grid_h,
+            pt=pt,
+            p=p,
+            q=p,
+            c=self.out_channels,
         )
         if not return_dict:
             return (output,)
