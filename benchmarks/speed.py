@@ -314,7 +314,7 @@ def print_row(row: dict) -> None:
         extra += f"  peak memory MiB: ours {ours['peak_memory_mib']:.0f}, diffusers {theirs['peak_memory_mib']:.0f}"
     label = row["model"] + (f" ({row['variant']})" if row.get("variant", "ours") != "ours" else "")
     print(
-        f"{row['section']:<9}{label:<28}batch {row['batch']:>3}  ours {ours['median_s'] * 1e3:8.1f} ms "
+        f"{row['section']:<9}{label:<46}batch {row['batch']:>3}  ours {ours['median_s'] * 1e3:8.1f} ms "
         f"[{ours['min_s'] * 1e3:.1f}-{ours['max_s'] * 1e3:.1f}]  diffusers {theirs['median_s'] * 1e3:8.1f} ms "
         f"[{theirs['min_s'] * 1e3:.1f}-{theirs['max_s'] * 1e3:.1f}]  ratio {row['ratio']:.2f}x{extra}",
         flush=True,
