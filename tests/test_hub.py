@@ -170,6 +170,8 @@ def test_convert_an_original_checkpoint_then_sample_from_the_command_line(tmp_pa
          "--sampling_respacing", "4", "--num_heads", "2"], env)  # fmt: skip
     run(["-m", "dit_pipelines.cli", "sample", str(tmp_path / "conv"), "--labels", "1", "4", "--seed", "3",
          "--output", str(tmp_path / "cli.png")], env)  # fmt: skip
+    run(["-m", "dit_pipelines.cli", "sample", str(tmp_path / "conv"), "--labels", "1", "4", "--seed", "3",
+         "--cache_interval", "2", "--output", str(tmp_path / "cached.png")], env)  # fmt: skip
 
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "conv")
     assert isinstance(pipe, DiTImagePipeline) and pipe.scheduler.config.timestep_respacing == "4"
@@ -179,6 +181,9 @@ def test_convert_an_original_checkpoint_then_sample_from_the_command_line(tmp_pa
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "cli.png").convert("RGB")), expected)
     for name, tensor in pipe.transformer.state_dict().items():
         torch.testing.assert_close(tensor, original.state_dict()[name], rtol=0, atol=0)
+    cached = pipe([1, 4], generator=torch.Generator().manual_seed(3), output_type="np", cache_interval=2).images
+    expected = np.concatenate(list((cached * 255).round().astype(np.uint8)), axis=1)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "cached.png").convert("RGB")), expected)
 
 
 def test_command_line_help_and_errors(tmp_path, capsys):
@@ -250,6 +255,9 @@ def test_sample_videos_from_the_command_line(tmp_path, capsys):
     assert (tmp_path / "clip.mp4").stat().st_size > 0
     assert cli(["sample", str(tmp_path / "t2v"), "--labels", "3", "--output", str(tmp_path / "x.png")]) == 2
     assert "A video pipeline needs --prompt and an --output ending in .gif/.mp4" in capsys.readouterr().err
+    cached = ["--cache_interval", "2", "--output", str(tmp_path / "c.gif")]
+    assert cli(["sample", str(tmp_path / "t2v"), "--prompt", prompts[0], *cached]) == 2
+    assert "--cache_interval is for image pipelines" in capsys.readouterr().err
 
 
 def test_the_console_script_is_installed():

@@ -32,6 +32,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     sample.add_argument("--negative_prompt", default="")
     sample.add_argument("--num_inference_steps", type=int, default=None, help="default: the scheduler's respacing")
     sample.add_argument("--guidance_scale", type=float, default=4.0)
+    sample.add_argument("--cache_interval", type=int, default=None, help="image: feature caching every k steps (FORA)")
     sample.add_argument("--num_frames", type=int, default=None, help="video: default the model's sample_frames")
     sample.add_argument("--fps", type=int, default=4, help="video output frame rate")
     sample.add_argument("--seed", type=int, default=0)
@@ -83,13 +84,15 @@ def sample(args) -> str:
             raise ValueError(f"An image pipeline needs --labels and an --output ending in {'/'.join(IMAGE_SUFFIXES)}.")
         labels = [int(x) if x.isdigit() else x for x in args.labels]
         images = pipe(labels, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-                      generator=generator).images  # fmt: skip
+                      cache_interval=args.cache_interval, generator=generator).images  # fmt: skip
         from diffusers.utils import make_image_grid
 
         make_image_grid(images, rows=1, cols=len(images)).save(args.output)
     elif isinstance(pipe, DiTTextToVideoPipeline):
         if suffix not in VIDEO_SUFFIXES or args.prompt is None:
             raise ValueError(f"A video pipeline needs --prompt and an --output ending in {'/'.join(VIDEO_SUFFIXES)}.")
+        if args.cache_interval is not None:
+            raise ValueError("--cache_interval is for image pipelines; video pipelines sample without caching.")
         frames = pipe(args.prompt, negative_prompt=args.negative_prompt, num_frames=args.num_frames,
                       num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
                       generator=generator, output_type="pil").frames  # fmt: skip
