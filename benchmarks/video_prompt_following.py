@@ -39,6 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--guidance_scale", type=float, default=4.0)
     p.add_argument("--num_inference_steps", type=int, default=None, help="default: the scheduler's respacing")
     p.add_argument("--scheduler", choices=["saved", "ddpm", "ddim"], default="saved")
+    p.add_argument("--cache_interval", type=int, default=None, help="feature caching (FORA): blocks every k steps")
     p.add_argument("--batch_size", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_dir", default=None, help="default: <pipeline>/prompt_following when a folder")
@@ -62,6 +63,7 @@ def generate(pipe, prompts, args):
             num_frames=args.num_frames,
             guidance_scale=args.guidance_scale,
             num_inference_steps=args.num_inference_steps,
+            cache_interval=args.cache_interval,
             generator=torch.Generator().manual_seed(args.seed + start),
             output_type="np",
         ).frames  # (B, F, H, W, C)
@@ -124,6 +126,7 @@ def main(args) -> dict:
         "guidance_scale": args.guidance_scale,
         "scheduler": type(pipe.scheduler).__name__,
         "num_inference_steps": len(pipe.scheduler.timesteps),  # the steps the last call took
+        "cache_interval": args.cache_interval,
         "generated": prompt_following(classifier, generated, digits, directions, args.digit_size),
         "real": prompt_following(classifier, real, digits, directions, args.digit_size),
         "seconds_per_clip": seconds / len(prompts),

@@ -111,3 +111,31 @@ def test_the_pipeline_caches_only_when_asked(tiny_dit):
     assert not torch.allclose(cached, exact)
     with pytest.raises(ValueError, match="positive integer"):
         pipe(1, num_inference_steps=2, cache_interval=0)
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "factorized", "full"])
+def test_the_video_model_is_exact_on_refresh_calls_and_skips_its_layers_on_reuse_calls(layout):
+    from dit_pipelines import VideoDiTModel
+
+    from .conftest import randomize_
+
+    torch.manual_seed(0)
+    model = VideoDiTModel(sample_size=8, sample_frames=2, hidden_size=32, depth=2, num_heads=4, text_embed_dim=16,
+                          attention_layout=layout)  # fmt: skip
+    model = randomize_(model.eval(), std=0.1)
+    layers = [getattr(b, name) for b in model.blocks for name in ("attn", "temporal_attn", "cross_attn", "mlp")
+              if hasattr(b, name)]  # fmt: skip
+    calls = []
+    for layer in layers:
+        layer.register_forward_hook(lambda *_: calls.append(1))
+    x, text, cache = torch.randn(2, 4, 2, 8, 8), torch.randn(2, 5, 16), FeatureCache(2)
+    with torch.no_grad():
+        for call, t in enumerate((900, 850, 800)):
+            before = len(calls)
+            out = model(x + 0.01 * call, t, encoder_hidden_states=text, feature_cache=cache).sample
+            if call % 2 == 0:
+                assert len(calls) - before == len(layers)
+                torch.testing.assert_close(out, model(x + 0.01 * call, t, encoder_hidden_states=text).sample,
+                                           rtol=0, atol=0)  # fmt: skip
+            else:
+                assert len(calls) == before

@@ -163,3 +163,25 @@ def test_tokenizer_training_is_deterministic_across_processes():
     runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
             for _ in range(2)]  # fmt: skip
     assert runs[0] == runs[1] and '"<pad>"' in runs[0]
+
+
+def test_feature_caching_runs_the_blocks_every_k_steps_only(pipe):
+    pipe.scheduler = DiTDDIMScheduler(timestep_respacing="ddim7")
+    block = pipe.transformer.blocks[0]
+    calls = []
+    for module in (block.attn, block.cross_attn, block.mlp):
+        module.register_forward_hook(lambda *_: calls.append(1))
+
+    def frames(**kwargs):
+        calls.clear()
+        return run(pipe, output_type="pt", **kwargs), len(calls) // 3
+
+    exact, computed = frames()
+    assert computed == 7
+    same, computed = frames(cache_interval=1)
+    assert computed == 7
+    torch.testing.assert_close(same, exact, rtol=0, atol=0)
+    cached, computed = frames(cache_interval=3)
+    assert computed == 3 and not torch.allclose(cached, exact)  # steps 0, 3 and 6
+    with pytest.raises(ValueError, match="positive integer"):
+        run(pipe, cache_interval=0)

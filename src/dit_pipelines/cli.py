@@ -32,7 +32,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     sample.add_argument("--negative_prompt", default="")
     sample.add_argument("--num_inference_steps", type=int, default=None, help="default: the scheduler's respacing")
     sample.add_argument("--guidance_scale", type=float, default=4.0)
-    sample.add_argument("--cache_interval", type=int, default=None, help="image: feature caching every k steps (FORA)")
+    sample.add_argument(
+        "--cache_interval", type=int, default=None, help="feature caching: the blocks run every k steps (FORA)"
+    )
     sample.add_argument("--num_frames", type=int, default=None, help="video: default the model's sample_frames")
     sample.add_argument("--fps", type=int, default=4, help="video output frame rate")
     sample.add_argument("--seed", type=int, default=0)
@@ -91,11 +93,9 @@ def sample(args) -> str:
     elif isinstance(pipe, DiTTextToVideoPipeline):
         if suffix not in VIDEO_SUFFIXES or args.prompt is None:
             raise ValueError(f"A video pipeline needs --prompt and an --output ending in {'/'.join(VIDEO_SUFFIXES)}.")
-        if args.cache_interval is not None:
-            raise ValueError("--cache_interval is for image pipelines; video pipelines sample without caching.")
         frames = pipe(args.prompt, negative_prompt=args.negative_prompt, num_frames=args.num_frames,
                       num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-                      generator=generator, output_type="pil").frames  # fmt: skip
+                      cache_interval=args.cache_interval, generator=generator, output_type="pil").frames  # fmt: skip
         from diffusers.utils import export_to_gif, export_to_video, make_image_grid
 
         strip = [make_image_grid([clip[f] for clip in frames], rows=1, cols=len(frames)) for f in range(len(frames[0]))]

@@ -13,6 +13,7 @@ from torch import nn
 
 from .dit_transformer import DiTModel
 from .embeddings import LabelEmbedder, TimestepEmbedder, sincos_1d, sincos_2d
+from .feature_cache import NO_CACHE, FeatureCache
 from .layers import MLP, CrossAttention, FinalLayer, SelfAttention, modulate
 
 ATTENTION_LAYOUTS = ("interleaved", "factorized", "full")
@@ -57,20 +58,32 @@ class VideoDiTBlock(nn.Module):
             return rearrange(out, "(b s) f d -> b (f s) d", b=b)
         return attn(timed.view(b, t, d))
 
-    def forward(self, x, condition, frames, temporal_pos, context=None, context_mask=None):
-        # x: (B, F·S, D); condition: (B, D); temporal_pos: (1, F, 1, D); context: (B, L, D); context_mask: (B, L)
+    def forward(self, x, condition, frames, temporal_pos, context=None, context_mask=None, cache=NO_CACHE, index=0):
+        # x: (B, F·S, D); condition: (B, D); temporal_pos: (1, F, 1, D); context: (B, L, D); context_mask: (B, L).
+        # With a `FeatureCache` the attention, cross-attention and MLP outputs may come from an earlier step (FORA).
         chunks = self.modulation(condition)[:, None].chunk(self.modulation.out_features // x.shape[-1], -1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = chunks[:6]  # each (B, 1, D)
         first = "space" if self.mixing == "space+time" else self.mixing
-        h = modulate(self.norm1(x), shift_msa, scale_msa)
-        x = torch.addcmul(x, gate_msa, self.attend(self.attn, h, first, frames, temporal_pos))
+        n = len(x)
+
+        def attention():
+            return self.attend(self.attn, modulate(self.norm1(x), shift_msa, scale_msa), first, frames, temporal_pos)
+
+        x = torch.addcmul(x, gate_msa, cache.fetch((index, "attn"), n, attention))
         if self.mixing == "space+time":
             shift_t, scale_t, gate_t = chunks[6:]
-            h = modulate(self.norm_temporal(x), shift_t, scale_t)
-            x = torch.addcmul(x, gate_t, self.attend(self.temporal_attn, h, "time", frames, temporal_pos))
+
+            def temporal_attention():
+                h = modulate(self.norm_temporal(x), shift_t, scale_t)
+                return self.attend(self.temporal_attn, h, "time", frames, temporal_pos)
+
+            x = torch.addcmul(x, gate_t, cache.fetch((index, "temporal_attn"), n, temporal_attention))
         if hasattr(self, "cross_attn"):
-            x = x + self.cross_attn(self.norm_cross(x), context, context_mask)
-        return torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+            x = x + cache.fetch(
+                (index, "cross_attn"), n, lambda: self.cross_attn(self.norm_cross(x), context, context_mask)
+            )
+        mlp = cache.fetch((index, "mlp"), n, lambda: self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        return torch.addcmul(x, gate_mlp, mlp)
 
 
 def pooled_text(states: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -263,10 +276,12 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
         encoder_attention_mask: Optional[torch.Tensor] = None,
         class_labels: Optional[torch.Tensor] = None,
         return_dict: bool = True,
+        feature_cache: Optional[FeatureCache] = None,
     ):
         """Predict from a noisy latent video `sample` (B, C, F, H, W) at `timestep`, given T5 embeddings
         `encoder_hidden_states` (B, L, text_embed_dim) with `encoder_attention_mask` (B, L; 1 = token, 0 = padding),
-        or `class_labels` (B,). Returns (B, C_out, F, H, W) in a `Transformer2DModelOutput`."""
+        or `class_labels` (B,). Returns (B, C_out, F, H, W) in a `Transformer2DModelOutput`. `feature_cache` (one per
+        sampling run) lets the blocks reuse their outputs of an earlier call (FORA); without it every call is exact."""
         b, _, frames, height, width = sample.shape
         p, pt = self.config.patch_size, self.config.temporal_patch_size
         if height % p or width % p or frames % pt:
@@ -298,12 +313,14 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
         else:
             condition = F.silu(t_emb + self.class_embedder(class_labels)).to(x.dtype)
             context = None
-        for block in self.blocks:
+        cache = feature_cache or NO_CACHE
+        cache.start_call()
+        for index, block in enumerate(self.blocks):
             args = (x, condition, grid_f, temporal_pos, context, encoder_attention_mask)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 x = self._gradient_checkpointing_func(block, *args)
             else:
-                x = block(*args)
+                x = block(*args, cache, index)
         x = self.final_layer(x, condition)  # (B, F'·S, pt*p*p*C_out)
         output = rearrange(
             x,

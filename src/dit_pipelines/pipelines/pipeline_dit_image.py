@@ -100,7 +100,6 @@ class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
         shape,
         generator,
         callback_tensor_inputs,
-        cache_interval=None,
     ):
         factor = self.vae_scale_factor * self.transformer.config.patch_size
         if height % factor or width % factor:
@@ -124,8 +123,6 @@ class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
             )
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}.")
-        if cache_interval is not None:
-            FeatureCache(cache_interval)  # raises a ValueError for anything but a positive integer
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}.")
         if latents is not None and tuple(latents.shape) != shape:
@@ -214,8 +211,8 @@ class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
             shape,
             generator,
             callback_on_step_end_tensor_inputs,
-            cache_interval,
         )
+        feature_cache = FeatureCache(cache_interval) if cache_interval is not None else None  # validates it too
         self._interrupt = False
         self._guidance_scale = guidance_scale
         device = self._execution_device
@@ -241,7 +238,6 @@ class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
         step_channels = None if uses_learned_variance(self.scheduler) else config.in_channels
 
         # 3. Denoise.
-        feature_cache = FeatureCache(cache_interval) if cache_interval and cache_interval > 1 else None
         timesteps = self.scheduler.timesteps
         for i, t in enumerate(self.progress_bar(timesteps)):
             if self.interrupt:

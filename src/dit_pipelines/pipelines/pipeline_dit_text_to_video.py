@@ -13,7 +13,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from einops import rearrange
 
-from ..models import VideoDiTModel
+from ..models import FeatureCache, VideoDiTModel
 from ..text_encoders import encode_text
 from .common import GuidedSamplingState, guide, step_kwargs, unscale_latents, uses_learned_variance, vae_scale_factor
 
@@ -174,6 +174,7 @@ class DiTTextToVideoPipeline(GuidedSamplingState, DiffusionPipeline):
         callback_on_step_end: Optional[Union[Callable, PipelineCallback, MultiPipelineCallbacks]] = None,
         callback_on_step_end_tensor_inputs: List[str] = ("latents",),
         guidance_interval: Optional[Tuple[int, int]] = None,
+        cache_interval: Optional[int] = None,
     ):
         r"""Generate videos from text.
 
@@ -198,6 +199,9 @@ class DiTTextToVideoPipeline(GuidedSamplingState, DiffusionPipeline):
             callback_on_step_end (`Callable`, *optional*): `callback(pipe, i, t, callback_kwargs)` after each step;
                 may return replacements for the tensors in `callback_on_step_end_tensor_inputs`.
             guidance_interval (`(int, int)`, *optional*): guide only at timesteps `low <= t <= high`.
+            cache_interval (`int`, *optional*): feature caching (FORA), off by default: the blocks compute their
+                attention, cross-attention and MLP outputs at every `cache_interval`-th step only and reuse them in
+                between (`benchmarks/video_prompt_following.py --cache_interval` measures the effect).
 
         Returns:
             `DiTVideoPipelineOutput` with `frames`, or the tuple `(frames,)`.
@@ -211,6 +215,7 @@ class DiTTextToVideoPipeline(GuidedSamplingState, DiffusionPipeline):
         self.check_inputs(prompt, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
                           negative_prompt_attention_mask, num_frames, height, width, output_type,
                           callback_on_step_end_tensor_inputs)  # fmt: skip
+        feature_cache = FeatureCache(cache_interval) if cache_interval is not None else None  # validates it too
         self._guidance_scale, self._interrupt = guidance_scale, False
         device = self._execution_device
         do_guidance = self.do_classifier_free_guidance
@@ -252,8 +257,10 @@ class DiTTextToVideoPipeline(GuidedSamplingState, DiffusionPipeline):
             else:
                 model_input, states, mask = latents, prompt_embeds, prompt_attention_mask
             model_input = self.scheduler.scale_model_input(model_input, t).to(dtype)
-            output = self.transformer(model_input, t, encoder_hidden_states=states.to(dtype),
-                                      encoder_attention_mask=mask).sample.float()  # fmt: skip
+            output = self.transformer(
+                model_input, t, encoder_hidden_states=states.to(dtype), encoder_attention_mask=mask,
+                feature_cache=feature_cache,
+            ).sample.float()  # fmt: skip
             if guided:
                 output = guide(output, self.guidance_scale, config.in_channels)
             latents = self.scheduler.step(output[:, :step_channels], t, latents, **extra).prev_sample
