@@ -39,3 +39,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+class CallCounter:
+    """Counts the forward calls of some modules through hooks; a context manager that removes its hooks on exit."""
+
+    def __init__(self, modules):
+        self.count = 0
+        self.handles = [m.register_forward_hook(self._hook) for m in modules]
+
+    def _hook(self, *_):
+        self.count += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        for handle in self.handles:
+            handle.remove()

@@ -4,8 +4,10 @@ combined with the current step's adaLN gates."""
 import pytest
 import torch
 
-from dit_pipelines import DiTDDIMScheduler, DiTImagePipeline
+from dit_pipelines import DiTDDIMScheduler, DiTImagePipeline, VideoDiTModel
 from dit_pipelines.models import FeatureCache
+
+from .conftest import CallCounter, randomize_
 
 
 def inputs(batch=2, seed=0):
@@ -13,13 +15,10 @@ def inputs(batch=2, seed=0):
     return torch.randn(batch, 4, 8, 8, generator=g), torch.randint(0, 10, (batch,), generator=g)
 
 
-def count_calls(model):
-    """Number of calls of each block's attention and MLP, as a list that hooks append to."""
-    calls = []
-    for block in model.blocks:
-        block.attn.register_forward_hook(lambda *_: calls.append("attn"))
-        block.mlp.register_forward_hook(lambda *_: calls.append("mlp"))
-    return calls
+def block_layers(model):
+    """The layers a reuse call skips: every block's attention(s) and MLP."""
+    names = ("attn", "temporal_attn", "cross_attn", "mlp")
+    return [getattr(block, name) for block in model.blocks for name in names if hasattr(block, name)]
 
 
 @pytest.mark.parametrize("interval", [0, -2, 2.5, True, "3"])
@@ -39,17 +38,16 @@ def test_interval_one_is_the_uncached_model(tiny_dit):
 
 def test_refresh_calls_are_exact_and_reuse_calls_skip_attention_and_mlp(tiny_dit):
     model, (x, y), cache = tiny_dit(), inputs(), FeatureCache(3)
-    calls = count_calls(model)
     with torch.no_grad():
         for call, t in enumerate((999, 950, 900, 850, 800)):
-            before = len(calls)
-            cached = model(x + 0.01 * call, t, y, feature_cache=cache).sample
-            computed = len(calls) - before
+            with CallCounter(block_layers(model)) as layers:
+                cached = model(x + 0.01 * call, t, y, feature_cache=cache).sample
             if call % 3 == 0:  # refresh: all blocks computed, nothing approximated
-                assert computed == 2 * len(model.blocks)
+                assert layers.count == 2 * len(model.blocks)
                 torch.testing.assert_close(cached, model(x + 0.01 * call, t, y).sample, rtol=0, atol=0)
             else:
-                assert computed == 0
+                assert layers.count == 0
+    assert (cache.computed_calls, cache.reused_calls) == (2, 3)
 
 
 def test_a_reuse_call_combines_the_cached_features_with_this_steps_gates(tiny_dit):
@@ -81,25 +79,38 @@ def test_a_reuse_call_combines_the_cached_features_with_this_steps_gates(tiny_di
     assert not torch.allclose(cached.double(), reference(x2.double(), t2, y).sample, atol=1e-3)  # an approximation
 
 
-def test_a_batch_change_recomputes_the_features(tiny_dit):
-    """Guidance switched off between two calls halves the batch: stored features of the wrong batch are not used."""
+def test_a_change_of_input_shape_recomputes_the_features(tiny_dit):
+    """Guidance switched off between two calls halves the batch, another resolution changes the token count: stored
+    features of another shape are not used."""
     model, cache = tiny_dit(), FeatureCache(4)
     x, y = inputs(batch=4)
     with torch.no_grad():
         model(x, 999, y, feature_cache=cache)
         half = model(x[:2], 990, y[:2], feature_cache=cache).sample
         torch.testing.assert_close(half, model(x[:2], 990, y[:2]).sample, rtol=0, atol=0)
+        larger = torch.randn(2, 4, 12, 12)
+        torch.testing.assert_close(
+            model(larger, 980, y[:2], feature_cache=cache).sample, model(larger, 980, y[:2]).sample
+        )
+        model(larger, 970, y[:2], feature_cache=cache)  # the same shape again: reused
+    assert (cache.computed_calls, cache.reused_calls) == (3, 1)
+
+
+def test_a_cache_is_refused_while_gradients_are_enabled(tiny_dit):
+    """Stored features would keep their autograd graphs and tie a later backward to an earlier call."""
+    model, (x, y) = tiny_dit(), inputs()
+    with pytest.raises(ValueError, match="torch.no_grad"):
+        model(x, 10, y, feature_cache=FeatureCache(2))
 
 
 def test_the_pipeline_caches_only_when_asked(tiny_dit):
     pipe = DiTImagePipeline(tiny_dit(in_channels=3), DiTDDIMScheduler())
     pipe.set_progress_bar_config(disable=True)
-    calls = count_calls(pipe.transformer)
 
     def run(**kwargs):
-        calls.clear()
-        images = pipe([1, 2], num_inference_steps=7, generator=torch.manual_seed(0), output_type="pt", **kwargs)
-        return images.images, len(calls) // (2 * len(pipe.transformer.blocks))
+        with CallCounter(block_layers(pipe.transformer)) as layers:
+            images = pipe([1, 2], num_inference_steps=7, generator=torch.manual_seed(0), output_type="pt", **kwargs)
+        return images.images, layers.count // (2 * len(pipe.transformer.blocks))
 
     exact, computed_steps = run()
     assert computed_steps == 7
@@ -113,29 +124,34 @@ def test_the_pipeline_caches_only_when_asked(tiny_dit):
         pipe(1, num_inference_steps=2, cache_interval=0)
 
 
+def test_caching_with_a_guidance_interval_recomputes_where_guidance_starts_and_stops(tiny_dit):
+    """With guidance on only inside (250, 749) the batch doubles at step 1 and halves at step 4: both recompute."""
+    pipe = DiTImagePipeline(tiny_dit(in_channels=3), DiTDDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    batches = []
+    pipe.transformer.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
+    with CallCounter([pipe.transformer.blocks[0].attn]) as attention:
+        pipe(
+            [1], num_inference_steps=5, guidance_interval=(250, 749), cache_interval=10, generator=torch.manual_seed(0)
+        )
+    assert batches == [1, 2, 2, 2, 1]  # timesteps 999, 749, 500, 250, 0
+    assert attention.count == 3  # steps 0 (first), 1 (batch doubled) and 4 (batch halved)
+
+
 @pytest.mark.parametrize("layout", ["interleaved", "factorized", "full"])
 def test_the_video_model_is_exact_on_refresh_calls_and_skips_its_layers_on_reuse_calls(layout):
-    from dit_pipelines import VideoDiTModel
-
-    from .conftest import randomize_
-
     torch.manual_seed(0)
     model = VideoDiTModel(sample_size=8, sample_frames=2, hidden_size=32, depth=2, num_heads=4, text_embed_dim=16,
                           attention_layout=layout)  # fmt: skip
     model = randomize_(model.eval(), std=0.1)
-    layers = [getattr(b, name) for b in model.blocks for name in ("attn", "temporal_attn", "cross_attn", "mlp")
-              if hasattr(b, name)]  # fmt: skip
-    calls = []
-    for layer in layers:
-        layer.register_forward_hook(lambda *_: calls.append(1))
     x, text, cache = torch.randn(2, 4, 2, 8, 8), torch.randn(2, 5, 16), FeatureCache(2)
     with torch.no_grad():
         for call, t in enumerate((900, 850, 800)):
-            before = len(calls)
-            out = model(x + 0.01 * call, t, encoder_hidden_states=text, feature_cache=cache).sample
+            with CallCounter(block_layers(model)) as layers:
+                out = model(x + 0.01 * call, t, encoder_hidden_states=text, feature_cache=cache).sample
             if call % 2 == 0:
-                assert len(calls) - before == len(layers)
+                assert layers.count == len(block_layers(model))
                 torch.testing.assert_close(out, model(x + 0.01 * call, t, encoder_hidden_states=text).sample,
                                            rtol=0, atol=0)  # fmt: skip
             else:
-                assert len(calls) == before
+                assert layers.count == 0

@@ -244,7 +244,7 @@ def test_video_model_card_names_the_vae_scheduler_and_prompt_following(tmp_path)
     assert "| right digit (per-frame classifier, majority vote) | 83.0% |" in text
 
 
-def test_sample_videos_from_the_command_line(tmp_path, capsys):
+def test_sample_videos_from_the_command_line(tmp_path, capsys, monkeypatch):
     tiny_video_pipeline(timestep_respacing="2").save_pretrained(tmp_path / "t2v")
     prompts = ["the digit 3 moves up", "the digit 5 moves down"]
     assert cli(["sample", str(tmp_path / "t2v"), "--prompt", *prompts, "--num_frames", "4",
@@ -255,9 +255,13 @@ def test_sample_videos_from_the_command_line(tmp_path, capsys):
     assert (tmp_path / "clip.mp4").stat().st_size > 0
     assert cli(["sample", str(tmp_path / "t2v"), "--labels", "3", "--output", str(tmp_path / "x.png")]) == 2
     assert "A video pipeline needs --prompt and an --output ending in .gif/.mp4" in capsys.readouterr().err
-    cached = ["--cache_interval", "2", "--output", str(tmp_path / "c.gif")]
+    from dit_pipelines.pipelines import pipeline_dit_text_to_video as module
+
+    intervals, make_cache = [], module.feature_cache_for
+    monkeypatch.setattr(module, "feature_cache_for", lambda k: intervals.append(k) or make_cache(k))
+    cached = ["--cache_interval", "2", "--output", str(tmp_path / "cached.gif")]
     assert cli(["sample", str(tmp_path / "t2v"), "--prompt", prompts[0], *cached]) == 0
-    assert Image.open(tmp_path / "c.gif").n_frames == 2  # the model's sample_frames
+    assert intervals == [2] and Image.open(tmp_path / "cached.gif").n_frames == 2  # the model's sample_frames
 
 
 def test_the_console_script_is_installed():

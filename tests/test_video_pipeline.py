@@ -12,7 +12,7 @@ from diffusers.utils import export_to_gif, export_to_video
 from dit_pipelines import DiTDDIMScheduler, DiTDDPMScheduler, DiTTextToVideoPipeline, VideoDiTModel
 from dit_pipelines.text_encoders import small_t5_encoder, train_t5_tokenizer
 
-from .conftest import randomize_
+from .conftest import CallCounter, randomize_
 
 CAPTIONS = [f"the digit {d} moves {w}" for d in range(10) for w in ("up", "down", "left", "right")]
 
@@ -168,13 +168,10 @@ def test_tokenizer_training_is_deterministic_across_processes():
 def test_feature_caching_runs_the_blocks_every_k_steps_only(pipe):
     pipe.scheduler = DiTDDIMScheduler(timestep_respacing="ddim7")
     block = pipe.transformer.blocks[0]
-    calls = []
-    for module in (block.attn, block.cross_attn, block.mlp):
-        module.register_forward_hook(lambda *_: calls.append(1))
 
     def frames(**kwargs):
-        calls.clear()
-        return run(pipe, output_type="pt", **kwargs), len(calls) // 3
+        with CallCounter([block.attn, block.cross_attn, block.mlp]) as layers:
+            return run(pipe, output_type="pt", **kwargs), layers.count // 3
 
     exact, computed = frames()
     assert computed == 7

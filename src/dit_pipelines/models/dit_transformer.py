@@ -10,7 +10,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d
-from .feature_cache import NO_CACHE, FeatureCache
+from .feature_cache import NO_CACHE, BlockCache, FeatureCache, check_inference
 from .layers import MLP, FinalLayer, SelfAttention, modulate
 from .presets import preset_config
 
@@ -27,14 +27,14 @@ class DiTBlock(nn.Module):
         self.mlp = MLP(hidden_size, int(hidden_size * mlp_ratio))
         self.modulation = nn.Linear(hidden_size, 6 * hidden_size)
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor, cache=NO_CACHE, index: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, condition: torch.Tensor, cache: BlockCache = NO_CACHE, index: int = 0):
         # x: (N, T, D) tokens; condition: (N, D), the SiLU of the timestep + class embedding. With a `FeatureCache`
         # the attention and MLP outputs may come from an earlier step (FORA); the gates are always this step's.
         modulation = self.modulation(condition)[:, None]  # (N, 1, 6D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=-1)
-        attn = cache.fetch((index, "attn"), len(x), lambda: self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
+        attn = cache.fetch((index, "attn"), lambda: self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
         x = torch.addcmul(x, gate_msa, attn)
-        mlp = cache.fetch((index, "mlp"), len(x), lambda: self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        mlp = cache.fetch((index, "mlp"), lambda: self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
         return torch.addcmul(x, gate_mlp, mlp)
 
 
@@ -181,8 +181,8 @@ class DiTModel(ModelMixin, ConfigMixin):
         x = self.patch_embed(sample).flatten(2).transpose(1, 2)  # (N, T, D), T = grid_h * grid_w
         x = x + self.positions(grid_h, grid_w).to(x.dtype)
         c = self.condition(timestep, class_labels).to(x.dtype)  # (N, D)
-        cache = feature_cache or NO_CACHE
-        cache.start_call()
+        cache = check_inference(feature_cache)
+        cache.start_call(tuple(sample.shape))
         for index, block in enumerate(self.blocks):
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 x = self._gradient_checkpointing_func(block, x, c)

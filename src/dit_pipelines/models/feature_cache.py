@@ -4,19 +4,22 @@ Between two nearby steps of a sampling chain the attention and MLP outputs of a 
 computes them every `interval` model calls and reuses them in between, where a block then costs only its adaLN map:
 x + gate_msa(t) * attn_cached, x + gate_mlp(t) * mlp_cached (the gates are recomputed for the current timestep).
 A reuse call skips every attention and MLP, so the transformer's cost drops by about `interval`x; the effect on
-sample quality is measured by `benchmarks/sample_quality.py --cache_interval`.
+sample quality is measured by `benchmarks/sample_quality.py --cache_interval`. The price is memory: two to four
+(N, T, D) tensors a block (about 1 GB for a guided DiT-XL/2 batch of 8).
 """
 
-from typing import Callable, Dict, Hashable
+from typing import Callable, Dict, Hashable, Optional, Tuple, Union
 
 import torch
 
 
 class FeatureCache:
     """Block features of one sampling run, refreshed every `interval` model calls (1: always computed, no reuse).
+    Model calls, not sampler steps: a sampler calling the model twice a step (Heun) refreshes twice as often.
 
-    The model calls `start_call()` once per forward and `fetch(key, batch, compute)` for each cached feature. A fresh
-    cache belongs to each sampling run: it holds the features of that run's latents.
+    The model calls `start_call(shape)` once per forward, with its input's shape, and `fetch(key, compute)` for each
+    cached feature. A call whose input shape differs from the previous call's (guidance switched on or off, another
+    resolution) recomputes. Inference only: the models refuse a cache while gradients are enabled.
 
     Example:
         >>> import torch
@@ -24,7 +27,8 @@ class FeatureCache:
         >>> from dit_pipelines.models import FeatureCache
         >>> model = DiTModel.from_preset("DiT-S/8", sample_size=16, num_classes=10, depth=2)
         >>> x, y, cache = torch.randn(2, 4, 16, 16), torch.tensor([3, 7]), FeatureCache(interval=3)
-        >>> outs = [model(x, t, y, feature_cache=cache).sample for t in (900, 880, 860, 840)]
+        >>> with torch.no_grad():
+        ...     outs = [model(x, t, y, feature_cache=cache).sample for t in (900, 880, 860, 840)]
         >>> cache.computed_calls, cache.reused_calls  # calls 0 and 3 computed the blocks
         (2, 2)
     """
@@ -38,33 +42,54 @@ class FeatureCache:
         self.reused_calls = 0
         self.features: Dict[Hashable, torch.Tensor] = {}
         self._refresh = True
+        self._shape: Optional[Tuple[int, ...]] = None
 
-    def start_call(self) -> None:
-        """Begin a model call: every `interval`-th call (the first included) recomputes the features."""
-        self._refresh = self.calls % self.interval == 0
+    def start_call(self, shape: Tuple[int, ...]) -> None:
+        """Begin a model call on an input of `shape`: every `interval`-th call (the first included), and any call
+        whose input shape changed, recomputes the features."""
+        self._refresh = self.calls % self.interval == 0 or tuple(shape) != self._shape
+        self._shape = tuple(shape)
         self.calls += 1
         if self._refresh:
             self.computed_calls += 1
         else:
             self.reused_calls += 1
 
-    def fetch(self, key: Hashable, batch: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Feature `key` for a batch of `batch` samples: computed and stored on a refreshing call, or when the stored
-        one is missing or of another batch (guidance switched on or off in between); the stored one otherwise."""
-        stored = self.features.get(key)
-        if self._refresh or stored is None or stored.shape[0] != batch:
-            stored = self.features[key] = compute()
-        return stored
+    def fetch(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Feature `key` of this call: computed and stored on a refreshing call, the stored one otherwise."""
+        if self._refresh or key not in self.features:
+            self.features[key] = compute()
+        return self.features[key]
 
 
 class NoCache:
     """The uncached path: `fetch` computes every feature."""
 
-    def start_call(self) -> None:
+    def start_call(self, shape: Tuple[int, ...]) -> None:
         pass
 
-    def fetch(self, key: Hashable, batch: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def fetch(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         return compute()
 
 
 NO_CACHE = NoCache()
+BlockCache = Union[FeatureCache, NoCache]
+
+
+def feature_cache_for(interval: Optional[int]) -> Optional[FeatureCache]:
+    """The cache a pipeline run uses for `cache_interval=interval`: None when off (None or 1), after checking that
+    the interval is a positive integer (a `ValueError` otherwise)."""
+    if interval is None:
+        return None
+    cache = FeatureCache(interval)
+    return cache if interval > 1 else None
+
+
+def check_inference(feature_cache: Optional[FeatureCache]) -> BlockCache:
+    """The cache a model forward uses: `NO_CACHE` without one; with one, gradients must be off (stored features
+    would keep their graphs alive and tie a later backward to an earlier call)."""
+    if feature_cache is None:
+        return NO_CACHE
+    if torch.is_grad_enabled():
+        raise ValueError("A feature_cache is for sampling only: call the model under torch.no_grad().")
+    return feature_cache

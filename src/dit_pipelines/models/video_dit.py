@@ -13,7 +13,7 @@ from torch import nn
 
 from .dit_transformer import DiTModel
 from .embeddings import LabelEmbedder, TimestepEmbedder, sincos_1d, sincos_2d
-from .feature_cache import NO_CACHE, FeatureCache
+from .feature_cache import NO_CACHE, BlockCache, FeatureCache, check_inference
 from .layers import MLP, CrossAttention, FinalLayer, SelfAttention, modulate
 
 ATTENTION_LAYOUTS = ("interleaved", "factorized", "full")
@@ -58,18 +58,18 @@ class VideoDiTBlock(nn.Module):
             return rearrange(out, "(b s) f d -> b (f s) d", b=b)
         return attn(timed.view(b, t, d))
 
-    def forward(self, x, condition, frames, temporal_pos, context=None, context_mask=None, cache=NO_CACHE, index=0):
+    def forward(self, x, condition, frames, temporal_pos, context=None, context_mask=None,
+                cache: BlockCache = NO_CACHE, index: int = 0):  # fmt: skip
         # x: (B, F·S, D); condition: (B, D); temporal_pos: (1, F, 1, D); context: (B, L, D); context_mask: (B, L).
         # With a `FeatureCache` the attention, cross-attention and MLP outputs may come from an earlier step (FORA).
         chunks = self.modulation(condition)[:, None].chunk(self.modulation.out_features // x.shape[-1], -1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = chunks[:6]  # each (B, 1, D)
         first = "space" if self.mixing == "space+time" else self.mixing
-        n = len(x)
 
         def attention():
             return self.attend(self.attn, modulate(self.norm1(x), shift_msa, scale_msa), first, frames, temporal_pos)
 
-        x = torch.addcmul(x, gate_msa, cache.fetch((index, "attn"), n, attention))
+        x = torch.addcmul(x, gate_msa, cache.fetch((index, "attn"), attention))
         if self.mixing == "space+time":
             shift_t, scale_t, gate_t = chunks[6:]
 
@@ -77,12 +77,12 @@ class VideoDiTBlock(nn.Module):
                 h = modulate(self.norm_temporal(x), shift_t, scale_t)
                 return self.attend(self.temporal_attn, h, "time", frames, temporal_pos)
 
-            x = torch.addcmul(x, gate_t, cache.fetch((index, "temporal_attn"), n, temporal_attention))
+            x = torch.addcmul(x, gate_t, cache.fetch((index, "temporal_attn"), temporal_attention))
         if hasattr(self, "cross_attn"):
             x = x + cache.fetch(
-                (index, "cross_attn"), n, lambda: self.cross_attn(self.norm_cross(x), context, context_mask)
+                (index, "cross_attn"), lambda: self.cross_attn(self.norm_cross(x), context, context_mask)
             )
-        mlp = cache.fetch((index, "mlp"), n, lambda: self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        mlp = cache.fetch((index, "mlp"), lambda: self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
         return torch.addcmul(x, gate_mlp, mlp)
 
 
@@ -150,10 +150,10 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
         temporal_cross_attention: bool = True,
     ):
         super().__init__()
-        if not temporal_cross_attention and attention_layout != "interleaved":
-            raise ValueError("temporal_cross_attention=False concerns the temporal blocks of the 'interleaved' layout.")
         if attention_layout not in ATTENTION_LAYOUTS:
             raise ValueError(f"Unknown attention_layout {attention_layout!r}; choose one of {ATTENTION_LAYOUTS}.")
+        if not temporal_cross_attention and attention_layout != "interleaved":
+            raise ValueError("temporal_cross_attention=False concerns the temporal blocks of the 'interleaved' layout.")
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"Unknown conditioning {conditioning!r}; choose one of {CONDITIONINGS}.")
         if hidden_size % num_heads or hidden_size % 4:
@@ -181,8 +181,8 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
                 num_heads,
                 mlp_ratio,
                 mixing,
-                text and (temporal_cross_attention or mixing != "time"),
-                mlp_norm_eps,
+                mlp_norm_eps=mlp_norm_eps,
+                cross_attention=text and (temporal_cross_attention or mixing != "time"),
             )  # fmt: skip
             for _ in range(depth)
             for mixing in mixings[attention_layout]
@@ -313,8 +313,8 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
         else:
             condition = F.silu(t_emb + self.class_embedder(class_labels)).to(x.dtype)
             context = None
-        cache = feature_cache or NO_CACHE
-        cache.start_call()
+        cache = check_inference(feature_cache)
+        cache.start_call(tuple(sample.shape))
         for index, block in enumerate(self.blocks):
             args = (x, condition, grid_f, temporal_pos, context, encoder_attention_mask)
             if torch.is_grad_enabled() and self.gradient_checkpointing:

@@ -8,7 +8,8 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..models import DiTModel, FeatureCache
+from ..models import DiTModel
+from ..models.feature_cache import feature_cache_for
 from .common import GuidedSamplingState, guide, step_kwargs, unscale_latents, uses_learned_variance, vae_scale_factor
 
 ClassLabels = Union[int, str, List[Union[int, str]], torch.Tensor]
@@ -212,7 +213,7 @@ class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
             generator,
             callback_on_step_end_tensor_inputs,
         )
-        feature_cache = FeatureCache(cache_interval) if cache_interval is not None else None  # validates it too
+        feature_cache = feature_cache_for(cache_interval)  # None when off; a ValueError for a bad interval
         self._interrupt = False
         self._guidance_scale = guidance_scale
         device = self._execution_device

@@ -13,7 +13,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from einops import rearrange
 
-from ..models import FeatureCache, VideoDiTModel
+from ..models import VideoDiTModel
+from ..models.feature_cache import feature_cache_for
 from ..text_encoders import encode_text
 from .common import GuidedSamplingState, guide, step_kwargs, unscale_latents, uses_learned_variance, vae_scale_factor
 
@@ -215,7 +216,7 @@ class DiTTextToVideoPipeline(GuidedSamplingState, DiffusionPipeline):
         self.check_inputs(prompt, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
                           negative_prompt_attention_mask, num_frames, height, width, output_type,
                           callback_on_step_end_tensor_inputs)  # fmt: skip
-        feature_cache = FeatureCache(cache_interval) if cache_interval is not None else None  # validates it too
+        feature_cache = feature_cache_for(cache_interval)  # None when off; a ValueError for a bad interval
         self._guidance_scale, self._interrupt = guidance_scale, False
         device = self._execution_device
         do_guidance = self.do_classifier_free_guidance
