@@ -57,3 +57,18 @@ class CallCounter:
     def __exit__(self, *_):
         for handle in self.handles:
             handle.remove()
+
+
+def check_caching_every_k_steps(sample) -> None:
+    """`sample(**kwargs)` -> (output, number of steps on which the blocks ran) for a 7-step chain: exact and all 7
+    steps without a cache and with `cache_interval=1`; steps 0, 3 and 6 only, and another output, with 3; a
+    `ValueError` for 0."""
+    exact, steps = sample()
+    assert steps == 7
+    same, steps = sample(cache_interval=1)
+    assert steps == 7
+    torch.testing.assert_close(same, exact, rtol=0, atol=0)
+    cached, steps = sample(cache_interval=3)
+    assert steps == 3 and not torch.allclose(cached, exact)
+    with pytest.raises(ValueError, match="positive integer"):
+        sample(cache_interval=0)

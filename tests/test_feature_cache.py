@@ -7,7 +7,7 @@ import torch
 from dit_pipelines import DiTDDIMScheduler, DiTImagePipeline, VideoDiTModel
 from dit_pipelines.models import FeatureCache
 
-from .conftest import CallCounter, randomize_
+from .conftest import CallCounter, check_caching_every_k_steps, randomize_
 
 
 def inputs(batch=2, seed=0):
@@ -112,16 +112,7 @@ def test_the_pipeline_caches_only_when_asked(tiny_dit):
             images = pipe([1, 2], num_inference_steps=7, generator=torch.manual_seed(0), output_type="pt", **kwargs)
         return images.images, layers.count // (2 * len(pipe.transformer.blocks))
 
-    exact, computed_steps = run()
-    assert computed_steps == 7
-    same, computed_steps = run(cache_interval=1)
-    assert computed_steps == 7
-    torch.testing.assert_close(same, exact, rtol=0, atol=0)
-    cached, computed_steps = run(cache_interval=3)
-    assert computed_steps == 3  # steps 0, 3 and 6
-    assert not torch.allclose(cached, exact)
-    with pytest.raises(ValueError, match="positive integer"):
-        pipe(1, num_inference_steps=2, cache_interval=0)
+    check_caching_every_k_steps(run)
 
 
 def test_caching_with_a_guidance_interval_recomputes_where_guidance_starts_and_stops(tiny_dit):

@@ -12,7 +12,7 @@ from diffusers.utils import export_to_gif, export_to_video
 from dit_pipelines import DiTDDIMScheduler, DiTDDPMScheduler, DiTTextToVideoPipeline, VideoDiTModel
 from dit_pipelines.text_encoders import small_t5_encoder, train_t5_tokenizer
 
-from .conftest import CallCounter, randomize_
+from .conftest import CallCounter, check_caching_every_k_steps, randomize_
 
 CAPTIONS = [f"the digit {d} moves {w}" for d in range(10) for w in ("up", "down", "left", "right")]
 
@@ -173,12 +173,4 @@ def test_feature_caching_runs_the_blocks_every_k_steps_only(pipe):
         with CallCounter([block.attn, block.cross_attn, block.mlp]) as layers:
             return run(pipe, output_type="pt", **kwargs), layers.count // 3
 
-    exact, computed = frames()
-    assert computed == 7
-    same, computed = frames(cache_interval=1)
-    assert computed == 7
-    torch.testing.assert_close(same, exact, rtol=0, atol=0)
-    cached, computed = frames(cache_interval=3)
-    assert computed == 3 and not torch.allclose(cached, exact)  # steps 0, 3 and 6
-    with pytest.raises(ValueError, match="positive integer"):
-        run(pipe, cache_interval=0)
+    check_caching_every_k_steps(frames)
