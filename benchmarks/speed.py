@@ -4,6 +4,7 @@
     python benchmarks/speed.py --threads 2 --output speed-2threads.json
     python benchmarks/speed.py --threads 2 --only forward --repeats 5      # one section, fewer repeats
     python benchmarks/speed.py --threads 2 --only forward --compile        # both models through torch.compile
+    python benchmarks/speed.py --threads 2 --only forward --dtype bfloat16 # both models in bfloat16
 
 Rows (identical weights where the two implementations share an architecture):
 - `forward`: `DiTModel` vs diffusers' `DiTTransformer2DModel` (converted from ours with `dit_to_diffusers`), DiT-S/2
@@ -48,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8, 16])
     p.add_argument("--pipeline_models", nargs="+", default=list(DIT_SIZES), choices=list(DIT_SIZES))
     p.add_argument("--cache_intervals", type=int, nargs="*", default=[2, 3], help="pipeline rows with caching")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="forward rows: weights, inputs")
     p.add_argument(
         "--compile", action="store_true", help="forward rows: torch.compile both models (first call untimed)"
     )
@@ -72,9 +74,9 @@ def summary(seconds: List[float]) -> dict:
     return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds)}
 
 
-def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
-    """fp32 FLOP/s of a `size`-square matmul (median)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_rate(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of a `size`-square matmul in `dtype` (median)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)
     seconds = interleaved({"mm": lambda: torch.mm(a, b)}, repeats)["mm"]
     return 2 * size**3 / statistics.median(seconds)
@@ -141,16 +143,20 @@ def bench_forward(args, rate: float) -> List[dict]:
     rows = []
     for name, (width, depth, heads) in DIT_SIZES.items():
         ours, theirs = dit_pair(width, depth, heads)
+        if args.dtype != "float32":
+            ours, theirs = ours.to(getattr(torch, args.dtype)), theirs.to(getattr(torch, args.dtype))
         if args.compile:
             ours, theirs = torch.compile(ours), torch.compile(theirs)
         for batch in args.batch_sizes:
             x, t, y = dit_inputs(batch)
+            x = x.to(getattr(torch, args.dtype))
             with torch.no_grad():
                 difference = (ours(x, t, y).sample - theirs(x, t, y).sample).abs().max().item()
                 times = interleaved({"ours": lambda: ours(x, t, y), "diffusers": lambda: theirs(x, t, y)}, args.repeats)
             flops = dit_forward_flops(batch, 256, width, depth, 2 * 2 * 4, 2 * 2 * 8)
             row = {"section": "forward", "model": name, "batch": batch, "max_abs_difference": difference}
-            row["variant"] = "both compiled" if args.compile else "ours"
+            variant = ["both compiled"] * args.compile + [f"both {args.dtype}"] * (args.dtype != "float32")
+            row["variant"] = ", ".join(variant) or "ours"
             for impl, seconds in times.items():
                 row[impl] = {**summary(seconds), "matmul_rate_fraction": flops / statistics.median(seconds) / rate}
             row["ratio"] = row["diffusers"]["median_s"] / row["ours"]["median_s"]
@@ -337,9 +343,12 @@ def run_sections(args) -> dict:
     sections = args.only or ["forward", "train", "pipeline", "video"]
     rate = matmul_rate()
     print(f"torch {torch.__version__}, {args.threads} thread(s): fp32 matmul {rate / 1e9:.1f} GFLOP/s", flush=True)
+    forward_rate = rate if args.dtype == "float32" else matmul_rate(dtype=getattr(torch, args.dtype))
+    if args.dtype != "float32":
+        print(f"{args.dtype} matmul {forward_rate / 1e9:.1f} GFLOP/s (the forward rows' reference)", flush=True)
     rows = []
     if "forward" in sections:
-        rows += bench_forward(args, rate)
+        rows += bench_forward(args, forward_rate)
     if "train" in sections:
         rows += bench_train(args, rate)
     if "pipeline" in sections:
@@ -347,6 +356,8 @@ def run_sections(args) -> dict:
     if "video" in sections:
         rows += bench_video(args, rate)
     result = {"threads": args.threads, "torch": torch.__version__, "matmul_flops": rate, "rows": rows}
+    if args.dtype != "float32":
+        result[f"{args.dtype}_matmul_flops"] = forward_rate
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=2)

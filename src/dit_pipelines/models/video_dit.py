@@ -69,7 +69,7 @@ class VideoDiTBlock(nn.Module):
         def attention():
             return self.attend(self.attn, modulate(self.norm1(x), shift_msa, scale_msa), first, frames, temporal_pos)
 
-        x = torch.addcmul(x, gate_msa, cache.fetch((index, "attn"), attention))
+        x = torch.addcmul(x, cache.fetch((index, "attn"), attention), gate_msa)  # the full tensor first: faster
         if self.mixing == "space+time":
             shift_t, scale_t, gate_t = chunks[6:]
 
@@ -77,13 +77,13 @@ class VideoDiTBlock(nn.Module):
                 h = modulate(self.norm_temporal(x), shift_t, scale_t)
                 return self.attend(self.temporal_attn, h, "time", frames, temporal_pos)
 
-            x = torch.addcmul(x, gate_t, cache.fetch((index, "temporal_attn"), temporal_attention))
+            x = torch.addcmul(x, cache.fetch((index, "temporal_attn"), temporal_attention), gate_t)
         if hasattr(self, "cross_attn"):
             x = x + cache.fetch(
                 (index, "cross_attn"), lambda: self.cross_attn(self.norm_cross(x), context, context_mask)
             )
         mlp = cache.fetch((index, "mlp"), lambda: self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
-        return torch.addcmul(x, gate_mlp, mlp)
+        return torch.addcmul(x, mlp, gate_mlp)
 
 
 def pooled_text(states: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
