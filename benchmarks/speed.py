@@ -74,6 +74,17 @@ def summary(seconds: List[float]) -> dict:
     return {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds)}
 
 
+def add_timings(row: dict, times: Dict[str, List[float]], flops: float = 0.0, rate: float = 1.0) -> dict:
+    """`row` with each implementation's `summary` (and, given the work's `flops`, its FLOP/s as a fraction of the
+    matmul `rate`) and the ratio theirs/ours of the medians."""
+    for impl, seconds in times.items():
+        row[impl] = summary(seconds)
+        if flops:
+            row[impl]["matmul_rate_fraction"] = flops / statistics.median(seconds) / rate
+    row["ratio"] = row["diffusers"]["median_s"] / row["ours"]["median_s"]
+    return row
+
+
 def matmul_rate(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
     """FLOP/s of a `size`-square matmul in `dtype` (median)."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
@@ -157,10 +168,7 @@ def bench_forward(args, rate: float) -> List[dict]:
             row = {"section": "forward", "model": name, "batch": batch, "max_abs_difference": difference}
             variant = ["both compiled"] * args.compile + [f"both {args.dtype}"] * (args.dtype != "float32")
             row["variant"] = ", ".join(variant) or "ours"
-            for impl, seconds in times.items():
-                row[impl] = {**summary(seconds), "matmul_rate_fraction": flops / statistics.median(seconds) / rate}
-            row["ratio"] = row["diffusers"]["median_s"] / row["ours"]["median_s"]
-            rows.append(row)
+            rows.append(add_timings(row, times, flops, rate))
             print_row(row)
     return rows
 
@@ -225,10 +233,9 @@ def bench_train(args, rate: float) -> List[dict]:
     times = interleaved({"ours": training_step(ours), "diffusers": training_step(theirs)}, args.repeats)
     row = {"section": "train", "model": TRAIN_SIZE, "batch": 8}
     flops = 3 * dit_forward_flops(8, 256, width, depth, 2 * 2 * 4, 2 * 2 * 8)  # backward ~ 2x forward; AdamW aside
-    for impl, seconds in times.items():
-        row[impl] = {**summary(seconds), "peak_memory_mib": peak_memory_of_step(impl, args.threads)}
-        row[impl]["matmul_rate_fraction"] = flops / statistics.median(seconds) / rate
-    row["ratio"] = row["diffusers"]["median_s"] / row["ours"]["median_s"]
+    add_timings(row, times, flops, rate)
+    for impl in times:
+        row[impl]["peak_memory_mib"] = peak_memory_of_step(impl, args.threads)
     print_row(row)
     return [row]
 
@@ -264,9 +271,8 @@ def bench_pipeline(args) -> List[dict]:
         times = interleaved(runs, max(3, args.repeats // 2))
         for variant in [key for key in runs if key != "diffusers"]:
             row = {"section": "pipeline", "model": f"{name} + VAE", "variant": variant, "batch": len(labels)}
-            row.update({"steps": 25, "ours": summary(times[variant]), "diffusers": summary(times["diffusers"])})
-            row["ratio"] = row["diffusers"]["median_s"] / row["ours"]["median_s"]
-            rows.append(row)
+            row["steps"] = 25
+            rows.append(add_timings(row, {"ours": times[variant], "diffusers": times["diffusers"]}))
             print_row(row)
     return rows
 
@@ -302,10 +308,7 @@ def bench_video(args, rate: float) -> List[dict]:
             }, args.repeats)  # fmt: skip
         row = {"section": "video", "model": f"Latte {pairs}+{pairs} blocks, width {width}", "batch": batch}
         flops = video_forward_flops(batch, frames, 256, width, pairs, text.shape[1], text_width)
-        for impl, seconds in times.items():
-            row[impl] = {**summary(seconds), "matmul_rate_fraction": flops / statistics.median(seconds) / rate}
-        row["ratio"] = row["diffusers"]["median_s"] / row["ours"]["median_s"]
-        rows.append(row)
+        rows.append(add_timings(row, times, flops, rate))
         print_row(row)
     return rows
 

@@ -183,7 +183,7 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
                 mixing,
                 mlp_norm_eps=mlp_norm_eps,
                 cross_attention=text and (temporal_cross_attention or mixing != "time"),
-            )  # fmt: skip
+            )
             for _ in range(depth)
             for mixing in mixings[attention_layout]
         )
