@@ -4,7 +4,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from dit_pipelines import DiTDDIMScheduler, DiTDDPMScheduler
-from dit_pipelines.schedulers import GaussianDiffusion, make_betas, space_timesteps
+from dit_pipelines.schedulers import GaussianDiffusion, make_betas, timesteps_from_respacing
 
 
 def run_side_by_side(ours, theirs, num_steps, output_channels, seed=0, **step_kwargs):
@@ -82,7 +82,7 @@ def test_beta_schedules_are_float64_and_match_diffusers(schedule):
 
 
 def test_dit_250_step_respacing_is_reproduced():
-    kept = space_timesteps(1000, "250")
+    kept = timesteps_from_respacing(1000, "250")
     # Improved DDPM: one section of 1000 steps, stride (1000 - 1) / (250 - 1), rounded; ends at 999.
     assert kept == [round(i * 999 / 249) for i in range(250)]
     assert kept[0] == 0 and kept[-1] == 999 and len(kept) == 250
@@ -103,10 +103,10 @@ def test_set_timesteps_spacings_match_diffusers(n, spacing):
 
 
 def test_section_and_ddim_respacing_specs():
-    kept = space_timesteps(1000, "10,15,20")
+    kept = timesteps_from_respacing(1000, "10,15,20")
     assert len(kept) == 45
     assert sum(t < 334 for t in kept) == 10 and sum(334 <= t < 667 for t in kept) == 15
-    assert space_timesteps(1000, "ddim50") == list(range(0, 1000, 20))
+    assert timesteps_from_respacing(1000, "ddim50") == list(range(0, 1000, 20))
 
 
 def test_respacing_recomputes_the_betas_of_the_kept_steps():

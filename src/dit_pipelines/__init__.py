@@ -1,7 +1,8 @@
-"""Diffusion Transformers as diffusers models, schedulers and pipelines.
+"""Diffusion Transformers as diffusers models, schedulers and pipelines, with the training utilities to train them on
+your own data (`dit_pipelines.training`).
 
 Importing the package registers its classes with diffusers, so that `diffusers.DiffusionPipeline.from_pretrained`
-loads saved `DiTImagePipeline`s (see `_register_with_diffusers`).
+loads saved `DiTImagePipeline`s and `DiTTextToVideoPipeline`s (see `_register_with_diffusers`).
 """
 
 import sys
@@ -10,7 +11,13 @@ import diffusers
 
 from .models import DIT_PRESETS, DiTModel, VideoDiTModel
 from .pipelines import DiTImagePipeline, DiTTextToVideoPipeline
-from .schedulers import DiffusionLoss, DiTDDIMScheduler, DiTDDPMScheduler, GaussianDiffusion, space_timesteps
+from .schedulers import (
+    DiffusionLoss,
+    DiTDDIMScheduler,
+    DiTDDPMScheduler,
+    GaussianDiffusion,
+    timesteps_from_respacing,
+)
 
 __version__ = "0.1.0"
 
@@ -23,7 +30,7 @@ __all__ = [
     "DiTTextToVideoPipeline",
     "DiffusionLoss",
     "GaussianDiffusion",
-    "space_timesteps",
+    "timesteps_from_respacing",
     "VideoDiTModel",
 ]
 

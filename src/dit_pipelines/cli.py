@@ -1,9 +1,9 @@
 """The `dit-pipelines` command: sample from a pipeline, convert checkpoints, push to the Hub.
 
-    dit-pipelines sample outputs/dit-mnist --labels 3 7 --output digits.png
-    dit-pipelines sample my-user/t2v --prompt "the digit 3 moves up" --output clip.gif
+    dit-pipelines sample outputs/dit --labels 3 7 --output samples.png
+    dit-pipelines sample my-user/t2v --prompt "a red ball bounces" --output clip.gif
     dit-pipelines convert DiT-XL-2-256x256.pt --output dit-xl-2 --vae stabilityai/sd-vae-ft-ema
-    dit-pipelines push outputs/dit-mnist my-user/dit-mnist
+    dit-pipelines push outputs/dit my-user/my-dit
 
 Errors in what is asked (a missing file, a label the pipeline does not know, a wrong output extension) end with a
 one-line message and exit status 2.
@@ -113,7 +113,7 @@ def convert(args) -> str:
 
     from .conversion import dit_from_diffusers, load_original_dit
     from .pipelines import DiTImagePipeline
-    from .pipelines.common import transformer_folder
+    from .pipelines.saved_layout import transformer_folder
     from .schedulers import DiTDDPMScheduler
 
     overrides = {k: v for k, v in (("learn_sigma", args.learn_sigma), ("num_heads", args.num_heads)) if v is not None}

@@ -2,81 +2,86 @@
 one commit that uploads the folder (never training checkpoints, optimizer state or logs).
 
     from dit_pipelines.hub import push_pipeline
-    push_pipeline("outputs/dit-mnist", "my-user/dit-mnist")   # honours HF_TOKEN and HF_ENDPOINT
+    push_pipeline("outputs/dit", "my-user/my-dit")   # honours HF_TOKEN and HF_ENDPOINT
 
-Users load it back with `import dit_pipelines` and `DiffusionPipeline.from_pretrained("my-user/dit-mnist")`.
+Users load it back with `import dit_pipelines` and `DiffusionPipeline.from_pretrained("my-user/my-dit")`.
 
 The card (`model_card_templates/{image,video}.md`, rendered by `huggingface_hub.ModelCard.from_template`) has the
 Hub's YAML metadata (`library_name: diffusers` and the `pipeline_tag` the Hub cannot infer for custom classes,
-`tags`, `license`, `datasets`, `base_model` for fine-tuned models), the model and sampler configuration, the
-training arguments (`training_args.json`, written by the training scripts), the benchmark figures
-(`sample_quality.json` / `prompt_following/prompt_following.json`) and a sample picture when the folder has them.
+`tags`, `license`, `datasets` and `base_model` when they are Hub repos), the model and sampler configuration, the
+training arguments (`training_args.json`, written by the training scripts), every evaluation record a benchmark
+saved (`dit_pipelines.evaluation.EvaluationRecord`) and a sample picture when the folder has one.
 """
 
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+from .evaluation.record import EvaluationRecord
 
 #: never uploaded: resumable training state, logs, temporary files, the validation samples of every N steps
-IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "**/checkpoint-*/**", "*.tmp", "**/*.tmp", "logs/**",
-                   "validation/**", "optimizer*.bin", "**/optimizer*.bin", "random_states_*.pkl",
-                   "training_state.json"]  # fmt: skip
+IGNORE_PATTERNS = [
+    *("checkpoint-*", "checkpoint-*/**", "**/checkpoint-*/**", "*.tmp", "**/*.tmp", "logs/**", "validation/**"),
+    *("optimizer*.bin", "**/optimizer*.bin", "random_states_*.pkl", "training_state.json"),
+]
 TEMPLATES = Path(__file__).parent / "model_card_templates"
 PIPELINES = {
     "DiTImagePipeline": ("image.md", "unconditional-image-generation", ["class-conditional"]),
     "DiTTextToVideoPipeline": ("video.md", "text-to-video", ["text-to-video"]),
 }
-#: figures shown in the card, in this order, when the benchmark wrote them
-EVALUATIONS = {
-    "sample_quality.json": [
-        ("class accuracy (MNIST classifier)", "class_accuracy", "{:.1%}"),
-        ("Fréchet distance (classifier features)", "frechet_distance", "{:.1f}"),
-        ("real-vs-real floor of that distance", "frechet_distance_real_floor", "{:.2f}"),
-        ("samples", "num_samples", "{}"),
-        ("guidance scale", "guidance_scale", "{}"),
-        ("sampling steps", "num_inference_steps", "{}"),
-    ],
-    os.path.join("prompt_following", "prompt_following.json"): [
-        ("right digit (per-frame classifier, majority vote)", "generated.digit_accuracy", "{:.1%}"),
-        ("right direction (centroid displacement signs)", "generated.direction_accuracy", "{:.1%}"),
-        ("both", "generated.both", "{:.1%}"),
-        ("the same measures on real clips: digit", "real.digit_accuracy", "{:.1%}"),
-        ("the same measures on real clips: direction", "real.direction_accuracy", "{:.1%}"),
-        ("clips (held-out prompts)", "clips", "{}"),
-        ("guidance scale", "guidance_scale", "{}"),
-        ("scheduler", "scheduler", "{}"),
-        ("sampling steps", "num_inference_steps", "{}"),
-    ],
-}
-SAMPLES = ["samples.png", os.path.join("prompt_following", "held_out_prompts.gif")]
+SAMPLES = ["samples.png", "samples.gif"]  # a picture of samples the run left, when no evaluation names one
+MODEL_KEYS = ["sample_size", "sample_frames", "patch_size", "temporal_patch_size", "in_channels", "hidden_size"]
+MODEL_KEYS += ["depth", "num_heads", "attention_layout", "learn_sigma", "conditioning"]
+SCHEDULER_KEYS = ["timestep_respacing", "variance_type", "prediction_type", "beta_schedule"]
+#: training options that say where the run went, not how it trained
+UNREPORTED = {"output_dir", "push_to_hub", "hub_model_id", "hub_private_repo", "hub_token", "report_to"}
+UNREPORTED |= {"logging_dir", "resume_from_checkpoint", "validation_prompts"}
 
 
 def _read_json(path: Path) -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _lookup(data: dict, dotted: str):
-    for key in dotted.split("."):
-        data = data.get(key) if isinstance(data, dict) else None
-    return data
+def _table(rows: Iterable[Tuple], header: Sequence[str] = ("", "")) -> str:
+    rows = [tuple(str(cell) for cell in row) for row in rows]
+    if not rows:
+        return ""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def _table(rows) -> str:
-    rows = [(str(k), str(v)) for k, v in rows]
-    return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]) if rows else ""
+def _hub_repo_id(value) -> Optional[str]:
+    """`value` if it names a Hub repo ("user/name") rather than a local folder, else None."""
+    if isinstance(value, str) and not os.path.exists(value) and value.count("/") == 1 and value[0] not in "./~":
+        return value
+    return None
+
+
+def evaluation_section(records: List[EvaluationRecord]) -> str:
+    """Markdown of every record: its metrics (name, value, note), its settings and how it was measured."""
+    parts = []
+    for record in records:
+        rows = [(m.name, m.formatted(), m.note) for m in record.metrics]
+        settings = ", ".join(f"{k} = {v}" for k, v in record.settings.items())
+        text = [f"### {record.name}", _table(rows, ("metric", "value", "note"))]
+        text += [f"Settings: {settings}."] if settings else []
+        text += [record.description] if record.description else []
+        parts.append("\n\n".join(text))
+    return "\n\n".join(parts)
 
 
 def model_card(
     folder: str,
     repo_id: str,
     license: str = "apache-2.0",
-    datasets=("ylecun/mnist",),
+    datasets: Optional[Sequence[str]] = None,
     base_model: Optional[str] = None,
     extra_tags=(),
 ) -> "huggingface_hub.ModelCard":  # noqa: F821
-    """The model card of the saved pipeline in `folder`, to be published as `repo_id`. `base_model` defaults to
-    the Hub model the run started from (`--init_from` / `--init_from_image_dit`), if it was one."""
+    """The model card of the saved pipeline in `folder`, to be published as `repo_id`. `datasets` defaults to the
+    training run's `--dataset` and `base_model` to the model it started from (`--init_from`,
+    `--init_from_image_dit`), each if it is a Hub repo."""
     from huggingface_hub import ModelCard, ModelCardData
 
     root = Path(folder)
@@ -89,38 +94,33 @@ def model_card(
     transformer = _read_json(root / "transformer" / "config.json") or {}
     scheduler = _read_json(root / "scheduler" / "scheduler_config.json") or {}
     training = _read_json(root / "training_args.json") or {}
-    start = training.get("init_from") or training.get("init_from_image_dit")
-    if base_model is None and start and not os.path.exists(start) and start.count("/") == 1:
-        base_model = start  # a Hub repo id
+    if base_model is None:
+        base_model = _hub_repo_id(training.get("init_from") or training.get("init_from_image_dit"))
+    if datasets is None:
+        datasets = [d for d in [_hub_repo_id(training.get("dataset"))] if d]
     card_data = ModelCardData(
-        library_name="diffusers", pipeline_tag=pipeline_tag, license=license, datasets=list(datasets) or None,
-        base_model=base_model, tags=["dit_pipelines", "diffusion-transformer", "dit", *tags, *extra_tags],
-    )  # fmt: skip
-    evaluation = []
-    for name, rows in EVALUATIONS.items():
-        results = _read_json(root / name)
-        for label, key, fmt in rows if results else ():
-            value = _lookup(results, key)
-            if value is not None:
-                evaluation.append((label, fmt.format(value)))
-    sample = next((s.replace(os.sep, "/") for s in SAMPLES if (root / s).is_file()), None)
+        library_name="diffusers",
+        pipeline_tag=pipeline_tag,
+        license=license,
+        datasets=list(datasets) or None,
+        base_model=base_model,
+        tags=["dit_pipelines", "diffusion-transformer", "dit", *tags, *extra_tags],
+    )
+    records = EvaluationRecord.load_all(folder)
+    samples = [r.sample for r in records if r.sample] + [s for s in SAMPLES if (root / s).is_file()]
+    sample = next((s.replace(os.sep, "/") for s in samples if (root / s).is_file()), None)
     text = transformer.get("conditioning") == "text"
-    model_keys = ["sample_size", "sample_frames", "patch_size", "temporal_patch_size", "in_channels", "hidden_size",
-                  "depth", "num_heads", "attention_layout", "learn_sigma", "conditioning"]  # fmt: skip
-    model_keys += ["text_embed_dim", "pooled_text_conditioning"] if text else ["num_classes", "class_dropout_prob"]
+    model_keys = MODEL_KEYS + (["text_embed_dim", "pooled_text_conditioning"] if text else ["num_classes", "class_dropout_prob"])
     model_rows = [(k, transformer[k]) for k in model_keys if k in transformer]
     vae = _read_json(root / "vae" / "config.json")
     if vae:
         factor = 2 ** (len(vae["block_out_channels"]) - 1)
         model_rows.append(("vae", f"{vae['_class_name']}, f = {factor}, {vae['latent_channels']} latent channels"))
-    sampler_rows = [("scheduler", scheduler.get("_class_name"))] + [
-        (k, scheduler[k]) for k in ("timestep_respacing", "variance_type", "prediction_type", "beta_schedule")
-        if k in scheduler
-    ]  # fmt: skip
-    skip = {"output_dir", "push_to_hub", "hub_model_id", "hub_private_repo", "hub_token", "report_to",
-            "logging_dir", "resume_from_checkpoint", "validation_prompts"}  # fmt: skip
-    training_rows = [(k, v) for k, v in sorted(training.items()) if k not in skip and v not in (None, False, [])]
+    sampler_rows = [("scheduler", scheduler.get("_class_name"))]
+    sampler_rows += [(k, scheduler[k]) for k in SCHEDULER_KEYS if k in scheduler]
+    training_rows = [(k, v) for k, v in sorted(training.items()) if k not in UNREPORTED and v not in (None, False, [])]
     labels = [v for _, v in sorted((index.get("id2label") or {}).items(), key=lambda kv: int(kv[0]))]
+    prompts = training.get("validation_prompts") or ["a description of the clip"]
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATES / template),
@@ -129,9 +129,10 @@ def model_card(
         model_table=_table(model_rows),
         sampler_table=_table(sampler_rows),
         training_table=_table(training_rows),
-        evaluation_table=_table(evaluation),
+        evaluation=evaluation_section(records),
         sample=sample,
         example_labels=repr(labels[:3]) if labels else "[0, 1, 2]",
+        example_prompt=json.dumps(prompts[0]),
         num_frames=transformer.get("sample_frames", 8),
     )
 
@@ -154,6 +155,12 @@ def push_pipeline(
     card.validate()  # the Hub checks the YAML metadata; a card it would reject is not uploaded
     card.save(os.path.join(folder, "README.md"))
     repo = create_repo(repo_id, token=token, private=private, exist_ok=True)
-    commit = upload_folder(repo_id=repo.repo_id, folder_path=folder, commit_message=commit_message, token=token,
-                           ignore_patterns=IGNORE_PATTERNS, revision=revision)  # fmt: skip
+    commit = upload_folder(
+        repo_id=repo.repo_id,
+        folder_path=folder,
+        commit_message=commit_message,
+        token=token,
+        ignore_patterns=IGNORE_PATTERNS,
+        revision=revision,
+    )
     return commit.commit_url

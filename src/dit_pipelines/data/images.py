@@ -1,5 +1,6 @@
-"""Labelled image datasets for class-conditional training: the built-in MNIST, a local image folder (class =
-sub-folder) or any `datasets` dataset, with the resize / crop / flip / [-1, 1] transform of DiT."""
+"""Labelled image datasets for class-conditional training: a local image folder (class = sub-folder), a folder
+saved with `datasets.save_to_disk`, or any `datasets` dataset, with the resize / crop / flip / [-1, 1] transform of
+DiT."""
 
 import os
 from typing import Callable, List, Optional
@@ -8,11 +9,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .mnist import load_mnist
+from ..latents import uint8_to_signed
 
 
 def load_image_dataset(
-    dataset: str = "mnist",
+    dataset: str,
     split: str = "train",
     image_column: str = "image",
     label_column: str = "label",
@@ -21,16 +22,14 @@ def load_image_dataset(
 ):
     """One split of a labelled image dataset, checked to have `image_column` and `label_column`.
 
-    `dataset` is "mnist" (built in, offline), a folder saved by `datasets.save_to_disk`, a folder of images in
-    class sub-folders (`datasets`' imagefolder), or a name or path for `datasets.load_dataset`.
+    `dataset` is a folder saved by `datasets.save_to_disk`, a folder of images in class sub-folders (`datasets`'
+    imagefolder), or a name or path for `datasets.load_dataset`.
 
-    >>> ds = load_image_dataset("mnist", split="test")  # doctest: +SKIP
+    >>> ds = load_image_dataset("path/to/images", split="train")  # doctest: +SKIP
     """
     import datasets
 
-    if dataset == "mnist":
-        data = load_mnist(cache=cache_dir)[split]
-    elif os.path.isdir(dataset) and any(
+    if os.path.isdir(dataset) and any(
         os.path.exists(os.path.join(dataset, f)) for f in ("dataset_dict.json", "dataset_info.json")
     ):
         data = datasets.load_from_disk(dataset)
@@ -88,7 +87,7 @@ def image_transform(resolution: int, channels: int, random_flip: bool = False) -
             left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
             image = image.crop((left, top, left + resolution, top + resolution))
         array = np.asarray(image, dtype=np.float32).reshape(resolution, resolution, channels)
-        tensor = torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+        tensor = uint8_to_signed(torch.from_numpy(array).permute(2, 0, 1))
         if random_flip and torch.rand(()) < 0.5:
             tensor = tensor.flip(-1)
         return tensor

@@ -10,7 +10,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d
-from .feature_cache import NO_CACHE, BlockCache, FeatureCache, check_inference
+from .feature_cache import NO_CACHE, BlockCache, FeatureCache, cache_for_forward
+from .initialization import initialize_dit_weights
 from .layers import MLP, FinalLayer, SelfAttention, modulate
 from .presets import preset_config
 
@@ -125,27 +126,14 @@ class DiTModel(ModelMixin, ConfigMixin):
         return self.class_embedder.has_null_class
 
     def initialize_weights(self) -> None:
-        """DiT initialisation (Peebles & Xie, §3.2 and their reference code)."""
-        # Transformer linears: xavier-uniform weights, zero biases.
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        # Patchify like a linear layer on flattened patches.
-        nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.weight.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.bias)
-        # Label table and timestep MLP: normal(0, 0.02).
-        nn.init.normal_(self.class_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.timestep_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.timestep_embedder.mlp[2].weight, std=0.02)
-        # adaLN-Zero: every block starts as the identity ...
-        for block in self.blocks:
-            nn.init.zeros_(block.modulation.weight)
-            nn.init.zeros_(block.modulation.bias)
-        # ... and the output layer at zero, so the initial prediction is exactly zero.
-        for layer in (self.final_layer.modulation, self.final_layer.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        """DiT initialisation (Peebles & Xie, §3.2): see `initialize_dit_weights`. The output is exactly zero."""
+        mlp = self.timestep_embedder.mlp
+        initialize_dit_weights(
+            self,
+            self.patch_embed,
+            normal=[self.class_embedder.embedding_table, mlp[0], mlp[2]],
+            zero=[*(block.modulation for block in self.blocks), self.final_layer.modulation, self.final_layer.linear],
+        )
 
     def positions(self, grid_height: int, grid_width: int) -> torch.Tensor:
         """The (1, T, D) position table for a `grid_height` x `grid_width` patch grid."""
@@ -181,7 +169,7 @@ class DiTModel(ModelMixin, ConfigMixin):
         x = self.patch_embed(sample).flatten(2).transpose(1, 2)  # (N, T, D), T = grid_h * grid_w
         x = x + self.positions(grid_h, grid_w).to(x.dtype)
         c = self.condition(timestep, class_labels).to(x.dtype)  # (N, D)
-        cache = check_inference(feature_cache)
+        cache = cache_for_forward(feature_cache)
         cache.start_call(tuple(sample.shape))
         for index, block in enumerate(self.blocks):
             if torch.is_grad_enabled() and self.gradient_checkpointing:

@@ -67,7 +67,11 @@ class TimestepEmbedder(nn.Module):
 
 class LabelEmbedder(nn.Module):
     """Embeds class labels. With `dropout_prob > 0` the table has one extra row, the "null" class
-    (index `num_classes`), which stands for "no label" in classifier-free guidance (Ho & Salimans, 2022)."""
+    (index `num_classes`), which stands for "no label" in classifier-free guidance (Ho & Salimans, 2022).
+
+    The embedder never drops labels itself, whatever the module's mode: the training loss asks for label dropout
+    explicitly (`dit_pipelines.training.drop_labels`), so a model sampled in training mode gives the same images as
+    in eval mode."""
 
     def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
         super().__init__()
@@ -79,12 +83,5 @@ class LabelEmbedder(nn.Module):
     def has_null_class(self) -> bool:
         return self.embedding_table.num_embeddings > self.num_classes
 
-    def drop_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        """Replaces each sample's label by the null class with probability `dropout_prob`, once per sample."""
-        drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
-        return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
-
     def forward(self, labels: torch.Tensor) -> torch.Tensor:  # (N,) -> (N, D)
-        if self.training and self.dropout_prob > 0:
-            labels = self.drop_labels(labels)
         return self.embedding_table(labels)

@@ -85,7 +85,7 @@ def feature_cache_for(interval: Optional[int]) -> Optional[FeatureCache]:
     return cache if interval > 1 else None
 
 
-def check_inference(feature_cache: Optional[FeatureCache]) -> BlockCache:
+def cache_for_forward(feature_cache: Optional[FeatureCache]) -> BlockCache:
     """The cache a model forward uses: `NO_CACHE` without one; with one, gradients must be off (stored features
     would keep their graphs alive and tie a later backward to an earlier call)."""
     if feature_cache is None:

@@ -1,7 +1,7 @@
 """`VideoDiTModel`: a spatio-temporal DiT on latent video (Latte, Ma et al. 2024; Open-Sora's STDiT), conditioned on
 T5 text embeddings or class labels, with the image DiT's adaLN-Zero blocks."""
 
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -13,77 +13,13 @@ from torch import nn
 
 from .dit_transformer import DiTModel
 from .embeddings import LabelEmbedder, TimestepEmbedder, sincos_1d, sincos_2d
-from .feature_cache import NO_CACHE, BlockCache, FeatureCache, check_inference
-from .layers import MLP, CrossAttention, FinalLayer, SelfAttention, modulate
+from .feature_cache import FeatureCache, cache_for_forward
+from .initialization import initialize_dit_weights
+from .layers import FinalLayer
+from .video_blocks import LAYOUT_MIXINGS, Mixing, VideoDiTBlock, split_temporal_modulation
 
-ATTENTION_LAYOUTS = ("interleaved", "factorized", "full")
+ATTENTION_LAYOUTS = tuple(LAYOUT_MIXINGS)
 CONDITIONINGS = ("text", "class")
-
-
-class VideoDiTBlock(nn.Module):
-    """An adaLN-Zero block over a clip's tokens x (B, F·S, D), frame after frame (F frames of S tokens):
-    self-attention, optional cross-attention to the text, MLP. `mixing` is what the self-attention sees:
-
-    - "space": the S tokens of each frame, (b f) s d;
-    - "time": the F tokens of each location, (b s) f d, with temporal positions added to its input;
-    - "space+time": space, then a separately modulated and gated time attention (STDiT);
-    - "spacetime": all F·S tokens, b (f s) d.
-
-    All gates, and the cross-attention's output, start at zero: a new block is the identity."""
-
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, mixing: str, cross_attention: bool,
-                 mlp_norm_eps: float = 1e-6):  # fmt: skip
-        super().__init__()
-        self.mixing = mixing
-        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = SelfAttention(hidden_size, num_heads)
-        if mixing == "space+time":
-            self.norm_temporal = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-            self.temporal_attn = SelfAttention(hidden_size, num_heads)
-        if cross_attention:
-            self.norm_cross = nn.LayerNorm(hidden_size, eps=1e-6)
-            self.cross_attn = CrossAttention(hidden_size, num_heads)
-        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=mlp_norm_eps)
-        self.mlp = MLP(hidden_size, int(hidden_size * mlp_ratio))
-        self.modulation = nn.Linear(hidden_size, (9 if mixing == "space+time" else 6) * hidden_size)
-
-    @staticmethod
-    def attend(attn: SelfAttention, h: torch.Tensor, mixing: str, frames: int, temporal_pos: torch.Tensor):
-        b, t, d = h.shape
-        if mixing == "space":  # frames are contiguous runs of tokens: a view
-            return attn(h.view(b * frames, t // frames, d)).view(b, t, d)
-        timed = h.view(b, frames, t // frames, d) + temporal_pos  # (B, F, S, D)
-        if mixing == "time":
-            out = attn(rearrange(timed, "b f s d -> (b s) f d").contiguous())  # contiguous: one copy, then addmm
-            return rearrange(out, "(b s) f d -> b (f s) d", b=b)
-        return attn(timed.view(b, t, d))
-
-    def forward(self, x, condition, frames, temporal_pos, context=None, context_mask=None,
-                cache: BlockCache = NO_CACHE, index: int = 0):  # fmt: skip
-        # x: (B, F·S, D); condition: (B, D); temporal_pos: (1, F, 1, D); context: (B, L, D); context_mask: (B, L).
-        # With a `FeatureCache` the attention, cross-attention and MLP outputs may come from an earlier step (FORA).
-        chunks = self.modulation(condition)[:, None].chunk(self.modulation.out_features // x.shape[-1], -1)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = chunks[:6]  # each (B, 1, D)
-        first = "space" if self.mixing == "space+time" else self.mixing
-
-        def attention():
-            return self.attend(self.attn, modulate(self.norm1(x), shift_msa, scale_msa), first, frames, temporal_pos)
-
-        x = torch.addcmul(x, cache.fetch((index, "attn"), attention), gate_msa)  # the full tensor first: faster
-        if self.mixing == "space+time":
-            shift_t, scale_t, gate_t = chunks[6:]
-
-            def temporal_attention():
-                h = modulate(self.norm_temporal(x), shift_t, scale_t)
-                return self.attend(self.temporal_attn, h, "time", frames, temporal_pos)
-
-            x = torch.addcmul(x, cache.fetch((index, "temporal_attn"), temporal_attention), gate_t)
-        if hasattr(self, "cross_attn"):
-            x = x + cache.fetch(
-                (index, "cross_attn"), lambda: self.cross_attn(self.norm_cross(x), context, context_mask)
-            )
-        mlp = cache.fetch((index, "mlp"), lambda: self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
-        return torch.addcmul(x, mlp, gate_mlp)
 
 
 def pooled_text(states: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -174,7 +110,6 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
                 )
         else:
             self.class_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
-        mixings = {"interleaved": ["space", "time"], "factorized": ["space+time"], "full": ["spacetime"]}
         self.blocks = nn.ModuleList(
             VideoDiTBlock(
                 hidden_size,
@@ -182,10 +117,10 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
                 mlp_ratio,
                 mixing,
                 mlp_norm_eps=mlp_norm_eps,
-                cross_attention=text and (temporal_cross_attention or mixing != "time"),
+                cross_attention=text and (temporal_cross_attention or mixing is not Mixing.TIME),
             )
             for _ in range(depth)
-            for mixing in mixings[attention_layout]
+            for mixing in LAYOUT_MIXINGS[attention_layout]
         )
         self.final_layer = FinalLayer(hidden_size, temporal_patch_size * patch_size**2 * self.out_channels)
         self.initialize_weights()
@@ -197,28 +132,21 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
         return self.config.conditioning == "text" or self.class_embedder.has_null_class
 
     def initialize_weights(self) -> None:
-        """The image DiT's initialisation; the cross-attention outputs start at zero too (as in PixArt-α)."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.weight.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.bias)
-        if hasattr(self, "class_embedder"):
-            nn.init.normal_(self.class_embedder.embedding_table.weight, std=0.02)
-        else:
-            nn.init.normal_(self.caption_projection[0].weight, std=0.02)
-            nn.init.normal_(self.caption_projection[2].weight, std=0.02)
-        nn.init.normal_(self.timestep_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.timestep_embedder.mlp[2].weight, std=0.02)
+        """The image DiT's initialisation (`initialize_dit_weights`); the cross-attention outputs start at zero too
+        (as in PixArt-α), and so does the pooled-text embedder's output, so that `from_image_dit` still holds."""
+        text = self.config.conditioning == "text"
+        first = [self.caption_projection[0], self.caption_projection[2]] if text else [self.class_embedder.embedding_table]
         zero = [self.final_layer.modulation, self.final_layer.linear]
-        if hasattr(self, "pooled_text_embedder"):  # starts without effect, so from_image_dit still holds
+        if self.config.pooled_text_conditioning and text:
             zero.append(self.pooled_text_embedder[2])
         for block in self.blocks:
-            zero += [block.modulation] + ([block.cross_attn.proj] if hasattr(block, "cross_attn") else [])
-        for layer in zero:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            zero.append(block.modulation)
+            if block.temporal_modulation is not None:
+                zero.append(block.temporal_modulation)
+            if block.cross_attn is not None:
+                zero.append(block.cross_attn.proj)
+        mlp = self.timestep_embedder.mlp
+        initialize_dit_weights(self, self.patch_embed, normal=[*first, mlp[0], mlp[2]], zero=zero)
 
     @classmethod
     def from_image_dit(
@@ -240,7 +168,7 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
             attention_layout=attention_layout, conditioning=conditioning, num_classes=c.num_classes,
             class_dropout_prob=c.class_dropout_prob, learn_sigma=c.learn_sigma,
             timestep_freq_shift=c.timestep_freq_shift, mlp_norm_eps=c.mlp_norm_eps, **config,
-        )  # fmt: skip
+        )
         with torch.no_grad():
             video.patch_embed.weight.copy_(dit.patch_embed.weight[:, :, None])
             video.patch_embed.bias.copy_(dit.patch_embed.bias)
@@ -251,13 +179,35 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
             else:
                 video.timestep_embedder.mlp[2].bias += dit.class_embedder.embedding_table.weight[c.num_classes]
             spatial = video.blocks[::2] if attention_layout == "interleaved" else video.blocks
-            for target, source in zip(spatial, dit.blocks):
-                for name in ("attn", "mlp"):
+            for target, source in zip(spatial, dit.blocks):  # temporal layers and modulations stay zero
+                for name in ("attn", "mlp", "modulation"):
                     getattr(target, name).load_state_dict(getattr(source, name).state_dict())
-                rows = source.modulation.out_features  # the 6 spatial chunks; temporal ones stay zero
-                target.modulation.weight[:rows] = source.modulation.weight
-                target.modulation.bias[:rows] = source.modulation.bias
         return video
+
+    def image_layers(self) -> List[nn.Module]:
+        """The layers `from_image_dit` copies from an image DiT (patch embedding, timestep and class embedders, the
+        spatial blocks' attention, MLP and modulation, the final layer): what `freeze_image_layers` freezes."""
+        layers = [self.patch_embed, self.timestep_embedder, self.final_layer]
+        layers += [self.class_embedder] if self.config.conditioning == "class" else []
+        spatial = [b for b in self.blocks if b.mixing is not Mixing.TIME]
+        return layers + [m for b in spatial for m in (b.attn, b.mlp, b.modulation)]
+
+    def freeze_image_layers(self) -> None:
+        """Train only what an image DiT lacks (as diffusers' `UNetMotionModel.freeze_unet2d_params`): the
+        `image_layers()` get `requires_grad_(False)`; temporal blocks and attentions with their own modulations, the
+        cross-attention, the caption projection and the pooled-text embedder stay trainable. A frozen parameter is
+        then left out of the optimizer, so neither its gradient nor weight decay can move it."""
+        self.requires_grad_(True)
+        for layer in self.image_layers():
+            layer.requires_grad_(False)
+
+    def _fix_state_dict_keys_on_load(self, state_dict) -> None:
+        """diffusers' hook on loading a saved model: blocks saved before the temporal modulation had a layer of its
+        own are converted (`split_temporal_modulation`)."""
+        super()._fix_state_dict_keys_on_load(state_dict)
+        for index, block in enumerate(self.blocks):
+            if block.temporal_modulation is not None:
+                split_temporal_modulation(state_dict, f"blocks.{index}.", self.config.hidden_size)
 
     def temporal_positions(self, frames: int) -> torch.Tensor:
         """(frames, D) sin-cos features of the token frame indices, squeezed into [0, sample_frames' - 1] for
@@ -313,7 +263,7 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
         else:
             condition = F.silu(t_emb + self.class_embedder(class_labels)).to(x.dtype)
             context = None
-        cache = check_inference(feature_cache)
+        cache = cache_for_forward(feature_cache)
         cache.start_call(tuple(sample.shape))
         for index, block in enumerate(self.blocks):
             args = (x, condition, grid_f, temporal_pos, context, encoder_attention_mask)

@@ -6,18 +6,16 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils.torch_utils import randn_tensor
 
+from ..latents import unscale_latents, vae_scale_factor
 from ..models import DiTModel
-from ..models.feature_cache import feature_cache_for
-from .common import GuidedSamplingState, guide, step_kwargs, unscale_latents, uses_learned_variance, vae_scale_factor
+from .denoising import GuidedDenoising
 
 ClassLabels = Union[int, str, List[Union[int, str]], torch.Tensor]
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-DEFAULT_NUM_INFERENCE_STEPS = 50  # when the scheduler has no configured respacing
 
 
-class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
+class DiTImagePipeline(GuidedDenoising, DiffusionPipeline):
     r"""Class-conditional generation with a Diffusion Transformer (Peebles & Xie, 2023).
 
     Components:
@@ -97,8 +95,7 @@ class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
         guidance_interval,
         num_images_per_prompt,
         output_type,
-        latents,
-        shape,
+        num_images,
         generator,
         callback_tensor_inputs,
     ):
@@ -126,10 +123,8 @@ class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
             raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}.")
-        if latents is not None and tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
-        if isinstance(generator, list) and len(generator) != shape[0]:
-            raise ValueError(f"Got {len(generator)} generators for {shape[0]} images; pass one, or one per image.")
+        if isinstance(generator, list) and len(generator) != num_images:
+            raise ValueError(f"Got {len(generator)} generators for {num_images} images; pass one, or one per image.")
         unknown = set(callback_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs may only contain {self._callback_tensor_inputs}.")
@@ -208,57 +203,27 @@ class DiTImagePipeline(GuidedSamplingState, DiffusionPipeline):
             guidance_interval,
             num_images_per_prompt,
             output_type,
-            latents,
-            shape,
+            len(ids),
             generator,
             callback_on_step_end_tensor_inputs,
         )
-        feature_cache = feature_cache_for(cache_interval)  # None when off; a ValueError for a bad interval
-        self._interrupt = False
-        self._guidance_scale = guidance_scale
-        device = self._execution_device
-        do_guidance = self.do_classifier_free_guidance  # decided once: the batch layout depends on it
+        labels = torch.tensor(ids, device=self._execution_device)
+        latents = self.denoise(
+            shape,
+            {"class_labels": labels},
+            {"class_labels": torch.full_like(labels, config.num_classes)},  # the null class
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            generator=generator,
+            latents=latents,
+            eta=eta,
+            guidance_channels=guidance_channels,
+            guidance_interval=guidance_interval,
+            cache_interval=cache_interval,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
 
-        # 1. The sampling chain and the initial noise.
-        if num_inference_steps is None and getattr(self.scheduler.config, "timestep_respacing", None) is None:
-            num_inference_steps = DEFAULT_NUM_INFERENCE_STEPS
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        self._num_timesteps = len(self.scheduler.timesteps)
-        # The chain runs in float32 whatever the transformer's dtype: in half precision its small per-step updates
-        # would be rounded away (DDIM's samples shrink by several percent in bfloat16).
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-        latents = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
-
-        # 2. Labels, and with the null class appended for the unconditional half.
-        labels = torch.tensor(ids, device=device)
-        guided_labels = torch.cat([labels, torch.full_like(labels, config.num_classes)])
-        low, high = guidance_interval or (0, float("inf"))
-        extra_step_kwargs = step_kwargs(self.scheduler, eta=eta, generator=generator)
-        # Schedulers with a learned variance take all channels; the others the prediction only.
-        step_channels = None if uses_learned_variance(self.scheduler) else config.in_channels
-
-        # 3. Denoise.
-        timesteps = self.scheduler.timesteps
-        for i, t in enumerate(self.progress_bar(timesteps)):
-            if self.interrupt:
-                break
-            guided = do_guidance and low <= t <= high
-            model_input = torch.cat([latents, latents]) if guided else latents
-            model_input = self.scheduler.scale_model_input(model_input, t).to(self.transformer.dtype)
-            model_output = self.transformer(
-                model_input, t, guided_labels if guided else labels, feature_cache=feature_cache
-            ).sample.float()
-            if guided:
-                model_output = guide(model_output, self.guidance_scale, config.in_channels, guidance_channels)
-            latents = self.scheduler.step(model_output[:, :step_channels], t, latents, **extra_step_kwargs).prev_sample
-            if callback_on_step_end is not None:
-                tensors = {"latents": latents}
-                callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
-                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
-                latents = callback_outputs.pop("latents", latents)
-
-        # 4. Decode.
         if output_type == "latent":
             images = latents
         else:

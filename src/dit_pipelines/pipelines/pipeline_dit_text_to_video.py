@@ -9,17 +9,15 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from einops import rearrange
 
+from ..latents import unscale_latents, vae_scale_factor
 from ..models import VideoDiTModel
-from ..models.feature_cache import feature_cache_for
-from ..text_encoders import encode_text
-from .common import GuidedSamplingState, guide, step_kwargs, unscale_latents, uses_learned_variance, vae_scale_factor
+from .denoising import GuidedDenoising
+from .text_encoding import encode_text
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
-DEFAULT_NUM_INFERENCE_STEPS = 50  # when the scheduler has no configured respacing
 
 
 @dataclass
@@ -31,12 +29,12 @@ class DiTVideoPipelineOutput(BaseOutput):
     frames: Union[np.ndarray, torch.Tensor, List[List[PIL.Image.Image]]]
 
 
-class DiTTextToVideoPipeline(GuidedSamplingState, DiffusionPipeline):
+class DiTTextToVideoPipeline(GuidedDenoising, DiffusionPipeline):
     r"""Text-to-video generation with a `VideoDiTModel` (Latte / STDiT family).
 
     Components:
-        tokenizer (`T5TokenizerFast`), text_encoder (`T5EncoderModel`): the prompt encoder (any T5; this project
-            trains a small one offline, see `dit_pipelines.text_encoders`).
+        tokenizer (`T5TokenizerFast`), text_encoder (`T5EncoderModel`): the prompt encoder (any T5, for example
+            `google/t5-v1_1-xxl` as in PixArt-α and Open-Sora).
         transformer ([`VideoDiTModel`]) with `conditioning="text"`.
         scheduler: [`DiTDDPMScheduler`] / [`DiTDDIMScheduler`] or any diffusers scheduler.
         vae ([`AutoencoderKL`], *optional*): decodes latents frame by frame; without it the model works on pixels.
@@ -105,9 +103,19 @@ class DiTTextToVideoPipeline(GuidedSamplingState, DiffusionPipeline):
             map(repeat, (prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask))
         )
 
-    def check_inputs(self, prompt, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
-                     negative_prompt_attention_mask, num_frames, height, width, output_type,
-                     callback_tensor_inputs):  # fmt: skip
+    def check_inputs(
+        self,
+        prompt,
+        prompt_embeds,
+        prompt_attention_mask,
+        negative_prompt_embeds,
+        negative_prompt_attention_mask,
+        num_frames,
+        height,
+        width,
+        output_type,
+        callback_tensor_inputs,
+    ):
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("Pass exactly one of `prompt` and `prompt_embeds`.")
         if prompt_embeds is not None and prompt_attention_mask is None:
@@ -213,63 +221,54 @@ class DiTTextToVideoPipeline(GuidedSamplingState, DiffusionPipeline):
         num_frames = num_frames or config.sample_frames
         height = height or config.sample_size * self.vae_scale_factor
         width = width or config.sample_size * self.vae_scale_factor
-        self.check_inputs(prompt, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
-                          negative_prompt_attention_mask, num_frames, height, width, output_type,
-                          callback_on_step_end_tensor_inputs)  # fmt: skip
-        feature_cache = feature_cache_for(cache_interval)  # None when off; a ValueError for a bad interval
-        self._guidance_scale, self._interrupt = guidance_scale, False
-        device = self._execution_device
-        do_guidance = self.do_classifier_free_guidance
-
+        self.check_inputs(
+            prompt,
+            prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_embeds,
+            negative_prompt_attention_mask,
+            num_frames,
+            height,
+            width,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
         prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask = (
-            self.encode_prompt(prompt, negative_prompt, do_guidance, num_videos_per_prompt, device, prompt_embeds,
-                               prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask,
-                               max_sequence_length)
-        )  # fmt: skip
+            self.encode_prompt(
+                prompt,
+                negative_prompt,
+                guidance_scale > 1,
+                num_videos_per_prompt,
+                self._execution_device,
+                prompt_embeds,
+                prompt_attention_mask,
+                negative_prompt_embeds,
+                negative_prompt_attention_mask,
+                max_sequence_length,
+            )
+        )
         if prompt_embeds.shape[-1] != config.text_embed_dim:
             raise ValueError(
                 f"The text embeddings are {prompt_embeds.shape[-1]} wide, but the transformer takes "
                 f"text_embed_dim={config.text_embed_dim}: use the text encoder it was trained with."
             )
-        batch = prompt_embeds.shape[0]
-        if num_inference_steps is None and getattr(self.scheduler.config, "timestep_respacing", None) is None:
-            num_inference_steps = DEFAULT_NUM_INFERENCE_STEPS
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        self._num_timesteps = len(self.scheduler.timesteps)
-        shape = (batch, config.in_channels, num_frames, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
-        latents = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
-
-        extra = step_kwargs(self.scheduler, eta=eta, generator=generator)
-        step_channels = None if uses_learned_variance(self.scheduler) else config.in_channels
-        low, high = guidance_interval or (0, float("inf"))
-        dtype = self.transformer.dtype
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            if self.interrupt:
-                break
-            guided = do_guidance and low <= t <= high
-            if guided:
-                model_input = torch.cat([latents, latents])
-                states = torch.cat([prompt_embeds, negative_prompt_embeds])
-                mask = torch.cat([prompt_attention_mask, negative_prompt_attention_mask])
-            else:
-                model_input, states, mask = latents, prompt_embeds, prompt_attention_mask
-            model_input = self.scheduler.scale_model_input(model_input, t).to(dtype)
-            output = self.transformer(
-                model_input, t, encoder_hidden_states=states.to(dtype), encoder_attention_mask=mask,
-                feature_cache=feature_cache,
-            ).sample.float()  # fmt: skip
-            if guided:
-                output = guide(output, self.guidance_scale, config.in_channels)
-            latents = self.scheduler.step(output[:, :step_channels], t, latents, **extra).prev_sample
-            if callback_on_step_end is not None:
-                tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
-                           "negative_prompt_embeds": negative_prompt_embeds}  # fmt: skip
-                outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
-                latents = (outputs or {}).pop("latents", latents)
+        factor = self.vae_scale_factor
+        shape = (prompt_embeds.shape[0], config.in_channels, num_frames, height // factor, width // factor)
+        latents = self.denoise(
+            shape,
+            {"encoder_hidden_states": prompt_embeds, "encoder_attention_mask": prompt_attention_mask},
+            {"encoder_hidden_states": negative_prompt_embeds, "encoder_attention_mask": negative_prompt_attention_mask},
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            generator=generator,
+            latents=latents,
+            eta=eta,
+            guidance_interval=guidance_interval,
+            cache_interval=cache_interval,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback_tensors={"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds},
+        )
 
         if output_type == "latent":
             frames = latents

@@ -1,4 +1,4 @@
-from .gaussian_diffusion import GaussianDiffusion, make_betas, space_timesteps, spaced_timesteps
+from .gaussian_diffusion import GaussianDiffusion, make_betas, timesteps_from_respacing, inference_timesteps
 from .losses import DiffusionLoss, diffusion_loss, discretized_gaussian_log_likelihood, normal_kl, vlb_term
 from .scheduling_base import RespacedDiffusionScheduler
 from .scheduling_ddim import DiTDDIMScheduler
@@ -15,6 +15,6 @@ __all__ = [
     "GaussianDiffusion",
     "RespacedDiffusionScheduler",
     "make_betas",
-    "space_timesteps",
-    "spaced_timesteps",
+    "timesteps_from_respacing",
+    "inference_timesteps",
 ]

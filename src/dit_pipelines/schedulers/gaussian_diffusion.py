@@ -40,16 +40,16 @@ def make_betas(
     raise ValueError(f"Unknown beta_schedule {beta_schedule!r}; choose one of {', '.join(BETA_SCHEDULES)}.")
 
 
-def space_timesteps(num_timesteps: int, spec: str) -> List[int]:
+def timesteps_from_respacing(num_timesteps: int, spec: str) -> List[int]:
     """The timesteps kept by an Improved-DDPM respacing `spec` (Nichol & Dhariwal, 2021, §4), sorted ascending.
 
     `spec` is "N" (N steps evenly spread over [0, T-1], first and last included: DiT's "250" ends at 999),
     "a,b,c" (the range split into equal sections, a/b/c steps evenly spread in each) or "ddimN" (a constant
     integer stride from 0, as in DDIM).
 
-    >>> space_timesteps(1000, "250")[-3:]
+    >>> timesteps_from_respacing(1000, "250")[-3:]
     [991, 995, 999]
-    >>> space_timesteps(100, "ddim5")
+    >>> timesteps_from_respacing(100, "ddim5")
     [0, 20, 40, 60, 80]
     """
     spec = str(spec).strip()
@@ -84,12 +84,12 @@ def _parse_count(text: str, spec: str) -> int:
     return int(text)
 
 
-def spaced_timesteps(
+def inference_timesteps(
     num_train_timesteps: int, num_inference_steps: int, timestep_spacing: str = "linspace", steps_offset: int = 0
 ) -> List[int]:
-    """`num_inference_steps` of `num_train_timesteps` timesteps chosen as diffusers does (Lin et al., 2023,
-    Table 2), sorted ascending. "linspace" is Improved DDPM's respacing `str(num_inference_steps)` up to how halves
-    are rounded (the two agree for DiT's 250 steps)."""
+    """The timesteps `set_timesteps(num_inference_steps)` samples: `num_inference_steps` of `num_train_timesteps`
+    chosen by diffusers' `timestep_spacing` (Lin et al., 2023, Table 2), sorted ascending. "linspace" is Improved
+    DDPM's respacing `str(num_inference_steps)` up to how halves are rounded (the two agree for DiT's 250 steps)."""
     if not 1 <= num_inference_steps <= num_train_timesteps:
         raise ValueError(
             f"num_inference_steps must be between 1 and num_train_timesteps={num_train_timesteps}, "

@@ -5,6 +5,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
 
 from .gaussian_diffusion import (
     BETA_SCHEDULES,
@@ -13,8 +14,8 @@ from .gaussian_diffusion import (
     VARIANCE_TYPES,
     GaussianDiffusion,
     make_betas,
-    space_timesteps,
-    spaced_timesteps,
+    timesteps_from_respacing,
+    inference_timesteps,
 )
 from .losses import DiffusionLoss, diffusion_loss
 
@@ -44,6 +45,9 @@ class RespacedDiffusionScheduler(SchedulerMixin, ConfigMixin):
 
     config_name = "scheduler_config.json"
     order = 1
+    #: Whether `step` samples with the model's learned variance, and so takes its 2C-channel output when
+    #: `variance_type` is a learned one (pipelines then pass all channels, otherwise the C prediction channels).
+    samples_learned_variance = False
 
     @register_to_config
     def __init__(
@@ -74,7 +78,7 @@ class RespacedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         else:
             betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
         if timestep_respacing is not None:
-            space_timesteps(num_train_timesteps, timestep_respacing)  # fail early on a bad spec
+            timesteps_from_respacing(num_train_timesteps, timestep_respacing)  # fail early on a bad spec
 
         # Our defaults are DiT's, not diffusers': record them as chosen, so that a diffusers scheduler made with
         # `from_config(self.config)` inherits them instead of falling back to its own defaults.
@@ -119,11 +123,11 @@ class RespacedDiffusionScheduler(SchedulerMixin, ConfigMixin):
                     f"num_inference_steps ({num_inference_steps}) cannot be larger than "
                     f"num_train_timesteps ({T}): the chain only has {T} steps."
                 )
-            kept = spaced_timesteps(T, num_inference_steps, self.config.timestep_spacing, self.config.steps_offset)
+            kept = inference_timesteps(T, num_inference_steps, self.config.timestep_spacing, self.config.steps_offset)
             if kept[-1] >= T:
                 raise ValueError(f"steps_offset={self.config.steps_offset} pushes timesteps past {T - 1}.")
         elif self.config.timestep_respacing is not None:
-            kept = space_timesteps(T, self.config.timestep_respacing)
+            kept = timesteps_from_respacing(T, self.config.timestep_respacing)
         else:
             kept = list(range(T))
         self.num_inference_steps = len(kept)
@@ -204,6 +208,14 @@ class RespacedDiffusionScheduler(SchedulerMixin, ConfigMixin):
             variance_type=self.config.variance_type,
             vlb_weight=vlb_weight,
         )
+
+    def _noise(
+        self, sample: torch.Tensor, generator: Optional[torch.Generator], variance_noise: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """The standard normal z of a stochastic step: `variance_noise` if given, else drawn like `sample`."""
+        if variance_noise is not None:
+            return variance_noise
+        return randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

@@ -4,7 +4,6 @@ from typing import Optional, Tuple, Union
 
 import torch
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from .scheduling_base import RespacedDiffusionScheduler
 
@@ -66,11 +65,7 @@ class DiTDDIMScheduler(RespacedDiffusionScheduler):
         sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)) ** 0.5
         prev_sample = alpha_bar_prev**0.5 * pred_original_sample + (1 - alpha_bar_prev - sigma**2) ** 0.5 * pred_epsilon
         if eta > 0:
-            if variance_noise is None:
-                variance_noise = randn_tensor(
-                    sample.shape, generator=generator, device=sample.device, dtype=sample.dtype
-                )
-            prev_sample = prev_sample + sigma * variance_noise
+            prev_sample = prev_sample + sigma * self._noise(sample, generator, variance_noise)
         if not return_dict:
             return (prev_sample, pred_original_sample)
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)

@@ -5,7 +5,6 @@ from typing import Optional, Tuple, Union
 
 import torch
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from .scheduling_base import RespacedDiffusionScheduler
 
@@ -30,6 +29,8 @@ class DiTDDPMScheduler(RespacedDiffusionScheduler):
         >>> scheduler.step(model_output, 999, x).prev_sample.shape
         torch.Size([1, 4, 8, 8])
     """
+
+    samples_learned_variance = True
 
     def step(
         self,
@@ -60,12 +61,8 @@ class DiTDDPMScheduler(RespacedDiffusionScheduler):
         prev_sample = mean
         if index > 0:  # no noise on the last step (x_0 is the posterior mean)
             log_variance = self.diffusion.p_log_variance(self.config.variance_type, index, sample, variance_values)
-            if variance_noise is None:
-                variance_noise = randn_tensor(
-                    sample.shape, generator=generator, device=sample.device, dtype=sample.dtype
-                )
             std = math.exp(0.5 * log_variance) if isinstance(log_variance, float) else torch.exp(0.5 * log_variance)
-            prev_sample = mean + std * variance_noise
+            prev_sample = mean + std * self._noise(sample, generator, variance_noise)
         if not return_dict:
             return (prev_sample, pred_original_sample)
         return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)

@@ -1,13 +1,7 @@
 """Sample quality of class-conditional MNIST models: a classifier trained on real MNIST tells (a) whether a sample
 shows the requested digit and (b), through its penultimate features, how far the samples' distribution is from
 the real one (the Fréchet distance of Heusel et al., 2017, in this classifier's feature space instead of
-Inception's, which cannot be downloaded here).
-
->>> from dit_pipelines.evaluation import frechet_distance
->>> import torch
->>> a = torch.randn(2000, 4, dtype=torch.float64)
->>> round(frechet_distance(a, a + 1.0), 6)  # a shift by 1 in 4 dimensions
-4.0
+Inception's, which cannot be downloaded here; `dit_pipelines.evaluation.frechet_distance` computes it).
 """
 
 import os
@@ -19,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.mnist import cache_dir, load_mnist
+from .mnist_data import cache_dir, load_mnist
 
 
 class MNISTClassifier(nn.Module):
@@ -119,22 +113,6 @@ def load_classifier(cache: Optional[str] = None, min_test_accuracy: float = 0.99
 def features(classifier: MNISTClassifier, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     classifier.eval()
     return torch.cat([classifier.features(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
-
-
-def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
-    """||mu_a - mu_b||² + tr(S_a + S_b - 2 (S_a^½ S_b S_a^½)^½) between Gaussians fitted to two (N, D) feature
-    sets, in float64. The symmetric form keeps every square root on a symmetric PSD matrix."""
-    a, b = features_a.double(), features_b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
-
-    def sqrt_psd(m):
-        values, vectors = torch.linalg.eigh(m)
-        return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
-
-    root_a = sqrt_psd(cov_a)
-    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
-    return float(((mu_a - mu_b) ** 2).sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * cross)
 
 
 def class_balanced(images: torch.Tensor, labels: torch.Tensor, per_class: int, seed: int = 0):

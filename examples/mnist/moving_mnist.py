@@ -3,14 +3,14 @@ of one or two digits travelling in straight lines, captioned with what happens (
 left"). Deterministic given a seed; digits never leave the frame, so every caption stays true to the end.
 
 >>> import numpy as np
->>> from dit_pipelines.data.moving_mnist import make_moving_mnist
+>>> from examples.mnist.moving_mnist import make_moving_mnist
 >>> digits = np.zeros((10, 28, 28), np.uint8); digits[:, 10:18, 10:18] = 255
 >>> clips = make_moving_mnist(digits, np.arange(10), num_clips=4, seed=0)
 >>> clips[0]["caption"], np.asarray(clips[0]["video"]).shape
 ('the digit 8 moves up and to the right', (8, 32, 32))
 """
 
-from typing import Iterable, Optional, Sequence, Set, Tuple
+from typing import Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 from PIL import Image
@@ -32,6 +32,18 @@ DIRECTION_NAMES = list(DIRECTIONS)
 def caption(digits: Sequence[int], directions: Sequence[str]) -> str:
     """ "the digit 3 moves up", or for two digits "the digit 3 moves up and the digit 5 moves left"."""
     return " and ".join(f"the digit {d} moves {w}" for d, w in zip(digits, directions))
+
+
+def digit_caption(digit: int) -> str:
+    """ "the digit 3": what a single frame shows (joint image-video training), and a clip's digit alone."""
+    return f"the digit {digit}"
+
+
+def caption_parts(digits: Sequence[int], directions: Sequence[str]) -> List[str]:
+    """A one-digit clip's caption cut to its digit ("the digit 3") and to its motion ("a digit moves up"): each part
+    carries one half of the meaning, so that a model trained on them too composes pairs it never saw. None for
+    clips of two digits (their whole caption is kept)."""
+    return [digit_caption(digits[0]), f"a digit moves {directions[0]}"] if len(digits) == 1 else []
 
 
 def held_out_pairs(num_digits: int = 10) -> Set[Tuple[int, str]]:
@@ -72,7 +84,8 @@ def make_moving_mnist(
     only: Optional[Iterable[Tuple[int, str]]] = None,
 ):
     """A `datasets.Dataset` of `num_clips` clips with columns `video` ((F, S, S) uint8), `caption`, `digits`,
-    `directions`, drawn from MNIST `images` (N, 28, 28) uint8 with `labels`.
+    `directions`, `caption_parts` and `image_caption` (see `caption_parts`), drawn from MNIST `images`
+    (N, 28, 28) uint8 with `labels`.
 
     Each clip has 1..`max_digits` digits, resized to `digit_size`, moving `speed` pixels per frame in one of 8
     directions from a start that keeps them inside the frame. `exclude` skips (digit, direction) pairs (held-out
@@ -94,7 +107,7 @@ def make_moving_mnist(
             small[index] = np.asarray(Image.fromarray(images[index]).resize((digit_size, digit_size), Image.BILINEAR))
         return small[index]
 
-    rows = {"video": [], "caption": [], "digits": [], "directions": []}
+    rows = {"video": [], "caption": [], "digits": [], "directions": [], "caption_parts": [], "image_caption": []}
     while len(rows["caption"]) < num_clips:
         count = int(rng.integers(1, max_digits + 1))
         picks = rng.integers(0, len(images), size=count)
@@ -111,12 +124,16 @@ def make_moving_mnist(
         rows["caption"].append(caption([d for d, _ in pairs], names))
         rows["digits"].append([d for d, _ in pairs])
         rows["directions"].append(names)
+        rows["caption_parts"].append(caption_parts(rows["digits"][-1], names))
+        rows["image_caption"].append(digit_caption(pairs[0][0]))
     features = datasets.Features(
         {
             "video": datasets.Array3D(shape=(num_frames, frame_size, frame_size), dtype="uint8"),
             "caption": datasets.Value("string"),
             "digits": datasets.Sequence(datasets.Value("int64")),
             "directions": datasets.Sequence(datasets.Value("string")),
+            "caption_parts": datasets.Sequence(datasets.Value("string")),
+            "image_caption": datasets.Value("string"),
         }
     )
     rows["video"] = np.stack(rows["video"])

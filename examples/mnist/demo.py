@@ -1,9 +1,12 @@
 """The main job: train a small class-conditional DiT on MNIST on the CPU, then write a grid of generated digits
 (one row per class) to a PNG and print where it is.
 
-    python training/demo.py                 # the full recipe: about 20 minutes on 2 CPU cores
-    python training/demo.py --smoke         # a 1-minute smoke run of the same path
-    python training/demo.py --evaluate      # then also run benchmarks/sample_quality.py on the result
+    python -m examples.mnist.demo                 # the full recipe: about 20 minutes on 2 CPU cores
+    python -m examples.mnist.demo --smoke         # a 1-minute smoke run of the same path
+    python -m examples.mnist.demo --evaluate      # then also run examples/mnist/sample_quality.py on the result
+
+The MNIST digits are prepared once as a `datasets` folder (`mnist_data.load_mnist`), which `training/train_dit.py`
+then trains on exactly as on a user's own data.
 
 The recipe (`RECIPE`) is DiT's — learned sigma with the hybrid loss, AdamW, EMA, 250-step DDPM sampling with the
 learned variance — scaled to the budget: a 6-block, width-64 DiT with 4x4 patches on 28x28 digits (49 tokens), a
@@ -13,25 +16,22 @@ budget a small model taking many steps beats a larger one taking few (measured: 
 
 import argparse
 import os
-import sys
 import time
 
 import torch
 from diffusers.utils import make_image_grid
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from training.train_dit import main as train  # noqa: E402
+from training.train_dit import main as train
 from training.train_dit import parse_args as train_args
 
-RECIPE = [
-    "--dataset", "mnist", "--preset", "DiT-S/4", "--hidden_size", "64", "--depth", "6", "--num_heads", "2",
-    "--train_batch_size", "64", "--max_train_steps", "14000", "--learning_rate", "2e-3",
-    "--lr_scheduler", "constant_with_warmup", "--lr_warmup_steps", "200", "--ema_decay", "0.9995", "--ema_warmup",
-    "--checkpointing_steps", "2000", "--checkpoints_total_limit", "1", "--sampling_respacing", "250",
-]  # fmt: skip
-SMOKE = ["--max_train_steps", "20", "--max_train_samples", "2560", "--checkpointing_steps", "10",
-         "--sampling_respacing", "10"]  # fmt: skip
+from .mnist_data import mnist_folder
+
+RECIPE = (
+    "--preset DiT-S/4 --hidden_size 64 --depth 6 --num_heads 2 --train_batch_size 64 --max_train_steps 14000 "
+    "--learning_rate 2e-3 --lr_scheduler constant_with_warmup --lr_warmup_steps 200 --ema_decay 0.9995 --ema_warmup "
+    "--checkpointing_steps 2000 --checkpoints_total_limit 1 --sampling_respacing 250"
+).split()
+SMOKE = "--max_train_steps 20 --max_train_samples 2560 --checkpointing_steps 10 --sampling_respacing 10".split()
 
 
 def parse_args(argv=None):
@@ -49,9 +49,8 @@ def main(args) -> str:
     from diffusers import DiffusionPipeline
 
     start = time.perf_counter()
-    output_dir = train(
-        train_args(RECIPE + (SMOKE if args.smoke else []) + ["--output_dir", args.output_dir, "--seed", str(args.seed)])
-    )
+    run = ["--dataset", mnist_folder(), "--output_dir", args.output_dir, "--seed", str(args.seed)]
+    output_dir = train(train_args(RECIPE + (SMOKE if args.smoke else []) + run))
     trained = time.perf_counter() - start
     pipe = DiffusionPipeline.from_pretrained(output_dir)
     images = pipe(
@@ -67,8 +66,8 @@ def main(args) -> str:
         f"(one row per class) to {os.path.abspath(grid_path)}"
     )
     if args.evaluate:
-        from benchmarks.sample_quality import main as benchmark
-        from benchmarks.sample_quality import parse_args as benchmark_args
+        from .sample_quality import main as benchmark
+        from .sample_quality import parse_args as benchmark_args
 
         benchmark(benchmark_args(["--pipeline", output_dir] + (["--samples_per_class", "10"] if args.smoke else [])))
     return grid_path

@@ -1,6 +1,6 @@
 """Train a small `AutoencoderKL` on the frames of the text-to-video data (Accelerate), for latent video diffusion.
 
-    accelerate launch training/train_vae.py --output_dir outputs/vae-moving-mnist --max_train_steps 1500
+    accelerate launch -m examples.mnist.train_vae --output_dir outputs/vae-moving-mnist --max_train_steps 1500
 
 Loss: mean squared reconstruction error + `--kl_weight` x KL(q(z|x) || N(0, I)) (the latent-diffusion autoencoder
 without its perceptual and adversarial terms, which need pretrained networks). At the end the latents' standard
@@ -10,8 +10,6 @@ held-out PSNR is printed, and the VAE is saved with `save_pretrained`.
 
 import argparse
 import math
-import os
-import sys
 
 import torch
 from accelerate import Accelerator
@@ -19,14 +17,15 @@ from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dit_pipelines.data import frames_as_tensor
+from dit_pipelines.latents import uint8_to_signed
 
-from training.video_data import add_video_data_args, frames_as_tensor, load_clips  # noqa: E402
+from .video_data import add_moving_mnist_args, make_clips
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_video_data_args(p)
+    add_moving_mnist_args(p)
     p.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64], help="one entry per level")
     p.add_argument("--latent_channels", type=int, default=4)
     p.add_argument("--train_batch_size", type=int, default=64)
@@ -52,7 +51,7 @@ def make_vae(args, channels: int) -> AutoencoderKL:
 def main(args) -> str:
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed, device_specific=True)
-    frames = frames_as_tensor(load_clips(args)).flatten(0, 1)  # (N*F, H, W) uint8
+    frames = frames_as_tensor(make_clips(args)).flatten(0, 1)  # (N*F, H, W) uint8
     held_out, frames = frames[:512], frames[512:]
     torch.manual_seed(args.seed)
     vae = make_vae(args, channels=1)
@@ -63,7 +62,7 @@ def main(args) -> str:
     progress = tqdm(range(args.max_train_steps), desc="train_vae", disable=not accelerator.is_local_main_process)
     for _ in progress:
         index = torch.randint(0, len(frames), (args.train_batch_size,))
-        x = frames[index].to(device).float().unsqueeze(1) / 127.5 - 1
+        x = uint8_to_signed(frames[index].to(device)).unsqueeze(1)
         posterior = vae.encode(x).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         mse = torch.nn.functional.mse_loss(reconstruction, x)
@@ -77,7 +76,7 @@ def main(args) -> str:
     vae = accelerator.unwrap_model(vae).eval()
     if accelerator.is_main_process:
         with torch.no_grad():
-            x = held_out.to(device).float().unsqueeze(1) / 127.5 - 1
+            x = uint8_to_signed(held_out.to(device)).unsqueeze(1)
             latents = vae.encode(x).latent_dist.mode()
             mse = torch.nn.functional.mse_loss(vae.decode(latents).sample.clamp(-1, 1), x).item()
         vae.register_to_config(scaling_factor=float(1.0 / latents.std()))

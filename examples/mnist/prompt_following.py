@@ -1,13 +1,14 @@
 """Prompt following of a trained text-to-video pipeline on the held-out Moving-MNIST prompts.
 
-    python benchmarks/video_prompt_following.py --pipeline outputs/t2v --clips_per_prompt 10
+    python -m examples.mnist.prompt_following --pipeline outputs/t2v --clips_per_prompt 10
 
 For each (digit, direction) pair kept out of training (`held_out_pairs()`: one direction per digit, so the
 prompts are new combinations of words seen in training), generates `clips_per_prompt` clips of "the digit d moves
 <direction>" and reports how many show the requested digit (per-frame MNIST classifier, majority vote) and move
 the requested way (sign of the centroid displacement per axis), beside the same measures on real clips of the same
 prompts made from the MNIST test digits (the ceiling of the measure). Writes JSON, a GIF with one clip per prompt
-side by side, and a PNG of its frames (one row per prompt).
+side by side, and a PNG of its frames (one row per prompt); for the held-out prompts of a pipeline folder, also the
+`EvaluationRecord` its model card shows.
 
 `--prompts seen` measures prompts that did occur in training instead (`seen_pairs()`, one per digit): choose
 sampler settings there, then report the held-out prompts.
@@ -22,17 +23,23 @@ import numpy as np
 import torch
 
 from dit_pipelines import DiTDDIMScheduler, DiTDDPMScheduler  # also registers the classes with diffusers
-from dit_pipelines.data.moving_mnist import caption, held_out_pairs, make_moving_mnist, seen_pairs
-from dit_pipelines.evaluation import load_classifier, mnist_tensors
-from dit_pipelines.video_evaluation import prompt_following
+from dit_pipelines.evaluation import EvaluationRecord, Metric
+
+from .classifier import load_classifier, mnist_tensors
+from .moving_mnist import caption, held_out_pairs, make_moving_mnist, seen_pairs
+from .video_measures import prompt_following
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", required=True, help="a saved DiTTextToVideoPipeline folder or Hub repo id")
     p.add_argument("--clips_per_prompt", type=int, default=10)
-    p.add_argument("--prompts", choices=["held_out", "seen"], default="held_out",
-                   help="the held-out (digit, direction) pairs, or one pair per digit seen in training")  # fmt: skip
+    p.add_argument(
+        "--prompts",
+        choices=["held_out", "seen"],
+        default="held_out",
+        help="the held-out (digit, direction) pairs, or one pair per digit seen in training",
+    )
     p.add_argument("--num_frames", type=int, default=None, help="default: the frames the model was trained on")
     p.add_argument("--digit_size", type=int, default=16, help="the digits' size in the training clips")
     p.add_argument("--speed", type=int, default=2, help="the training clips' pixels per frame (real clips)")
@@ -100,6 +107,26 @@ def save_figure(clips, prompts_per_row, folder, name):
     ).save(os.path.join(folder, f"{name}.png"))
 
 
+def card_record(result: dict, sample: str) -> EvaluationRecord:
+    """The figures a model card shows, from a held-out run's `result`."""
+    generated, real = result["generated"], result["real"]
+    metrics = [
+        Metric("right digit (per-frame MNIST classifier, majority vote)", generated["digit_accuracy"], "{:.1%}"),
+        Metric("right direction (centroid displacement signs)", generated["direction_accuracy"], "{:.1%}"),
+        Metric("both", generated["both"], "{:.1%}"),
+        Metric("the same measures on real clips: digit", real["digit_accuracy"], "{:.1%}"),
+        Metric("the same measures on real clips: direction", real["direction_accuracy"], "{:.1%}"),
+    ]
+    keys = ("clips", "guidance_scale", "scheduler", "num_inference_steps", "cache_interval")
+    settings = {"prompts": "held-out (digit, direction) pairs", **{k: result[k] for k in keys}}
+    description = (
+        "Measured with `examples/mnist/prompt_following.py` of dit_pipelines on the (digit, direction) prompts held "
+        "out of training: a classifier trained on the real MNIST digits reads every frame (cropped around the "
+        "intensity centroid; majority vote), and the sign of the centroid's displacement per axis gives the direction."
+    )
+    return EvaluationRecord("prompt_following", metrics, settings, description, sample=sample)
+
+
 def main(args) -> dict:
     from diffusers import DiffusionPipeline
 
@@ -132,18 +159,22 @@ def main(args) -> dict:
         "seconds_per_clip": seconds / len(prompts),
         "prompts": prompts,
     }
-    folder = args.output_dir or (os.path.join(args.pipeline, "prompt_following") if os.path.isdir(args.pipeline)
-                                 else "prompt_following")  # fmt: skip
+    is_folder = os.path.isdir(args.pipeline)
+    folder = args.output_dir or (os.path.join(args.pipeline, "prompt_following") if is_folder else "prompt_following")
     os.makedirs(folder, exist_ok=True)
     figure = f"{args.prompts}_prompts"
     save_figure(generated, len(set(prompts)), folder, figure)
     suffix = "" if args.prompts == "held_out" else f"_{args.prompts}"
     with open(os.path.join(folder, f"prompt_following{suffix}.json"), "w") as f:
         json.dump(result, f, indent=2)
+    if is_folder and args.prompts == "held_out":
+        card_record(result, os.path.relpath(os.path.join(folder, figure + ".gif"), args.pipeline)).save(args.pipeline)
 
     prompt_set = args.prompts.replace("_", "-")
-    print(f"{len(prompts)} clips of {args.num_frames} frames, {len(set(prompts))} {prompt_set} prompts, "
-          f"guidance {args.guidance_scale}, {result['seconds_per_clip']:.2f} s/clip")  # fmt: skip
+    print(
+        f"{len(prompts)} clips of {args.num_frames} frames, {len(set(prompts))} {prompt_set} prompts, "
+        f"guidance {args.guidance_scale}, {result['seconds_per_clip']:.2f} s/clip"
+    )
     print(f"{'':<12}{'digit':>8}{'direction':>11}{'both':>8}")
     for name in ("generated", "real"):
         r = result[name]

@@ -1,8 +1,9 @@
-"""T5 text conditioning: encoding prompts, and, since no pretrained T5 can be downloaded here, a T5 tokenizer
-trained on the project's own captions and a small randomly initialised T5 encoder. Online users pass real ones
-(`T5TokenizerFast.from_pretrained("google/t5-v1_1-xxl")`, ...).
+"""A T5 for the sandbox's captions, since no pretrained T5 can be downloaded here: a T5 tokenizer trained on the
+captions and a small randomly initialised T5 encoder. Users with their own data pass a real one
+(`--text_encoder google/t5-v1_1-xxl`).
 
->>> from dit_pipelines.text_encoders import small_t5_encoder, train_t5_tokenizer
+>>> from dit_pipelines.pipelines.text_encoding import encode_text
+>>> from examples.mnist.text_encoder import small_t5_encoder, train_t5_tokenizer
 >>> tokenizer = train_t5_tokenizer(["the digit 3 moves up", "the digit 7 moves left"] * 20, model_max_length=32)
 >>> encoder = small_t5_encoder(len(tokenizer), d_model=32)
 >>> embeds, mask = encode_text(tokenizer, encoder, ["the digit 3 moves left"], max_sequence_length=32)
@@ -11,8 +12,9 @@ trained on the project's own captions and a small randomly initialised T5 encode
 """
 
 import math
+import os
 from collections import Counter
-from typing import List, Optional, Tuple
+from typing import List
 
 import torch
 
@@ -45,21 +47,23 @@ def small_t5_encoder(vocab_size: int, d_model: int = 64, num_layers: int = 2, nu
     from transformers import T5Config, T5EncoderModel
 
     config = T5Config(
-        vocab_size=vocab_size, d_model=d_model, d_kv=d_model // num_heads, d_ff=2 * d_model, num_layers=num_layers,
-        num_heads=num_heads, feed_forward_proj="gated-gelu", dropout_rate=0.0,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        d_model=d_model,
+        d_kv=d_model // num_heads,
+        d_ff=2 * d_model,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+    )
     torch.manual_seed(seed)
     return T5EncoderModel(config).eval()
 
 
-@torch.no_grad()
-def encode_text(
-    tokenizer, text_encoder, prompts: List[str], max_sequence_length: int, device: Optional[torch.device] = None
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """T5 embeddings (B, L, d_model) and attention mask (B, L) of `prompts`, padded to `max_sequence_length`."""
-    tokens = tokenizer(
-        prompts, padding="max_length", max_length=max_sequence_length, truncation=True, return_tensors="pt"
-    )
-    device = device or text_encoder.device
-    ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
-    return text_encoder(ids, attention_mask=mask).last_hidden_state, mask
+def save_small_t5(folder: str, captions: List[str], d_model: int = 64, model_max_length: int = 24, seed: int = 0) -> str:
+    """Train the tokenizer on `captions`, build the small T5 and save both in the layout `--text_encoder` of
+    `training/train_video_dit.py` reads (`folder/tokenizer`, `folder/text_encoder`). Returns `folder`."""
+    tokenizer = train_t5_tokenizer(sorted(set(captions)), vocab_size=256, model_max_length=model_max_length)
+    tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
+    small_t5_encoder(len(tokenizer), d_model=d_model, seed=seed).save_pretrained(os.path.join(folder, "text_encoder"))
+    return folder

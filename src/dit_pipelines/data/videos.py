@@ -1,0 +1,23 @@
+"""Captioned video datasets for text-to-video training: a folder saved with `datasets.save_to_disk` whose rows have a
+`video` (frames, height, width) uint8 array and a `caption`; optional columns refine the captions (see
+`dit_pipelines.training.captions`)."""
+
+import numpy as np
+import torch
+
+
+def load_video_dataset(path: str, split: str = "train", video_column: str = "video", caption_column: str = "caption"):
+    """One split of a saved video dataset, checked to have its video and caption columns."""
+    import datasets
+
+    data = datasets.load_from_disk(path)
+    data = data[split] if isinstance(data, datasets.DatasetDict) else data
+    for column in (video_column, caption_column):
+        if column not in data.column_names:
+            raise ValueError(f"The dataset {path!r} has no {column!r} column; it has {data.column_names}.")
+    return data
+
+
+def frames_as_tensor(data, video_column: str = "video") -> torch.Tensor:
+    """All clips of `data` as one uint8 tensor (N, F, H, W)."""
+    return torch.from_numpy(np.asarray(data.with_format("numpy")[video_column][:], dtype=np.uint8))

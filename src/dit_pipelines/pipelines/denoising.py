@@ -1,0 +1,136 @@
+"""The denoising loop both pipelines run: timesteps, initial noise, classifier-free guidance (optionally in an
+interval of timesteps), the scheduler step, step-end callbacks and feature caching."""
+
+import inspect
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from diffusers import DDPMParallelScheduler, DDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..models.feature_cache import feature_cache_for
+
+DEFAULT_NUM_INFERENCE_STEPS = 50  # when the scheduler has no configured respacing
+
+# diffusers' own schedulers whose `step` samples with a learned variance from 2C-channel outputs (ours declare it
+# with `samples_learned_variance`). diffusers' DPM-Solvers with variance_type="learned_range" keep the first 3
+# channels of any output, for pixel-space models: use them with the default variance_type on 4-channel latents.
+DIFFUSERS_LEARNED_VARIANCE_SCHEDULERS = (DDPMScheduler, DDPMParallelScheduler)
+
+
+def takes_learned_variance(scheduler) -> bool:
+    """Whether `scheduler.step` samples with a learned variance and so takes the 2C-channel model output."""
+    if not getattr(scheduler, "samples_learned_variance", isinstance(scheduler, DIFFUSERS_LEARNED_VARIANCE_SCHEDULERS)):
+        return False
+    return getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+
+
+def step_kwargs(scheduler, **candidates) -> dict:
+    """The keyword arguments among `candidates` (eta, generator, ...) that `scheduler.step` accepts."""
+    parameters = inspect.signature(scheduler.step).parameters
+    return {name: value for name, value in candidates.items() if name in parameters}
+
+
+def guide(model_output: torch.Tensor, scale: float, channels: int, guidance_channels: Optional[int] = None):
+    """Classifier-free guidance (Ho & Salimans, 2022) on a doubled batch [conditional; unconditional]:
+    pred = uncond + scale * (cond - uncond) on the first `guidance_channels` prediction channels (all `channels` by
+    default; the original DiT guides 3 of 4), the conditional prediction on the others, and the variance channels
+    (if any) of the conditional half. Returns the conditional half, (N/2, C_out, ...)."""
+    conditional, unconditional = model_output.chunk(2)
+    g = channels if guidance_channels is None else guidance_channels
+    guided = unconditional[:, :g] + scale * (conditional[:, :g] - unconditional[:, :g])
+    return torch.cat([guided, conditional[:, g:]], dim=1)
+
+
+class GuidedDenoising:
+    """Mixin of the pipelines: `denoise`, and the state of the current call that diffusers' step-end callbacks read
+    and change, as in diffusers' own pipelines (`pipe.guidance_scale`, `pipe.num_timesteps`, and
+    `pipe._interrupt = True` to stop after a step)."""
+
+    @property
+    def interrupt(self) -> bool:
+        return getattr(self, "_interrupt", False)
+
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance scale of the current call (callbacks may change `pipe._guidance_scale`)."""
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    def denoise(
+        self,
+        shape: Tuple[int, ...],
+        conditional: Dict[str, torch.Tensor],
+        unconditional: Optional[Dict[str, torch.Tensor]],
+        *,
+        guidance_scale: float,
+        num_inference_steps: Optional[int] = None,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        latents: Optional[torch.Tensor] = None,
+        eta: float = 0.0,
+        guidance_channels: Optional[int] = None,
+        guidance_interval: Optional[Tuple[int, int]] = None,
+        cache_interval: Optional[int] = None,
+        callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback_tensors: Optional[Dict[str, torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        """Run the sampling chain from noise of `shape` (or the given `latents`) and return the final latents.
+
+        `conditional` and `unconditional` are the transformer's conditioning keyword arguments for the batch and for
+        its unconditional twin (the null class, the empty prompt), batched along dim 0 as [conditional;
+        unconditional] on guided steps. Guidance is decided once from `guidance_scale` (> 1) and applies at the
+        timesteps of `guidance_interval` (low <= t <= high, all by default). The chain runs in float32 whatever the
+        transformer's dtype: in half precision its small per-step updates would be rounded away (DDIM's samples
+        shrink by several percent in bfloat16). `callback_tensors` are the other tensors a step-end callback may
+        read, besides the latents; it may return `{"latents": ...}` to replace them."""
+        feature_cache = feature_cache_for(cache_interval)  # None when off; a ValueError for a bad interval
+        if latents is not None and tuple(latents.shape) != tuple(shape):
+            raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}.")
+        self._interrupt = False
+        self._guidance_scale = guidance_scale
+        do_guidance = self.do_classifier_free_guidance  # decided once: the batch layout depends on it
+        device = self._execution_device
+        dtype = self.transformer.dtype
+        channels = self.transformer.config.in_channels
+
+        if num_inference_steps is None and getattr(self.scheduler.config, "timestep_respacing", None) is None:
+            num_inference_steps = DEFAULT_NUM_INFERENCE_STEPS
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self._num_timesteps = len(self.scheduler.timesteps)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        latents = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
+
+        def cast(kwargs):  # conditioning features in the transformer's dtype; labels and masks as they are
+            return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in kwargs.items()}
+
+        guided_kwargs = cast({k: torch.cat([v, unconditional[k]]) for k, v in conditional.items()}) if do_guidance else {}
+        conditional = cast(conditional)
+        low, high = guidance_interval or (0, float("inf"))
+        extra_step_kwargs = step_kwargs(self.scheduler, eta=eta, generator=generator)
+        step_channels = None if takes_learned_variance(self.scheduler) else channels  # the others: prediction only
+
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            if self.interrupt:
+                break
+            guided = do_guidance and low <= t <= high
+            model_input = torch.cat([latents, latents]) if guided else latents
+            model_input = self.scheduler.scale_model_input(model_input, t).to(dtype)
+            kwargs = guided_kwargs if guided else conditional
+            output = self.transformer(model_input, t, **kwargs, feature_cache=feature_cache).sample.float()
+            if guided:
+                output = guide(output, self.guidance_scale, channels, guidance_channels)
+            latents = self.scheduler.step(output[:, :step_channels], t, latents, **extra_step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                tensors = {"latents": latents, **(callback_tensors or {})}
+                callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
+                latents = (callback_on_step_end(self, i, t, callback_kwargs) or {}).pop("latents", latents)
+        return latents

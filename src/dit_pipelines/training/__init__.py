@@ -1,0 +1,66 @@
+"""What every training script shares: the typed configuration, the Accelerate loop with exact resume, the sampler,
+checkpoints, latent encoding and caching, and conditioning dropout for guidance.
+
+    from dit_pipelines.training import TrainingConfig, add_training_arguments, make_accelerator, train
+"""
+
+from .captions import CaptionTable, load_text_encoder
+from .checkpoints import checkpoints, read_state, resolve_resume_path, save_checkpoint
+from .conditioning import drop_labels, training_caption_ids
+from .config import (
+    HubConfig,
+    ObjectiveConfig,
+    OptimizationConfig,
+    RunConfig,
+    TrainingConfig,
+    add_arguments,
+    add_training_arguments,
+    from_arguments,
+    option,
+)
+from .image_data import ImageDataConfig, TrainingImages, build_training_images
+from .latents import (
+    clips_first,
+    encode_clip_posteriors,
+    encode_latents,
+    encode_posteriors,
+    frames_first,
+    sample_latents,
+)
+from .loop import make_accelerator, noise_scheduler_for, sampling_scheduler_for, save_training_args, train
+from .sampler import ShardedEpochSampler
+
+__all__ = [
+    "CaptionTable",
+    "HubConfig",
+    "ImageDataConfig",
+    "ObjectiveConfig",
+    "OptimizationConfig",
+    "RunConfig",
+    "ShardedEpochSampler",
+    "TrainingConfig",
+    "TrainingImages",
+    "add_arguments",
+    "add_training_arguments",
+    "build_training_images",
+    "checkpoints",
+    "clips_first",
+    "encode_clip_posteriors",
+    "drop_labels",
+    "encode_latents",
+    "encode_posteriors",
+    "frames_first",
+    "from_arguments",
+    "load_text_encoder",
+    "make_accelerator",
+    "noise_scheduler_for",
+    "option",
+    "read_state",
+    "resolve_resume_path",
+    "sample_latents",
+    "sampling_scheduler_for",
+    "save_checkpoint",
+    "save_training_args",
+    "train",
+    "training_caption_ids",
+]

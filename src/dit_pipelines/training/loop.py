@@ -1,0 +1,205 @@
+"""The training loop every Accelerate script shares: EMA, AdamW, LR schedule, accumulation, clipping, atomic
+checkpoints with exact resume, validation with the EMA weights, and the final pipeline save and Hub push."""
+
+import json
+import logging
+import os
+from typing import Callable, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..schedulers import DiTDDIMScheduler, DiTDDPMScheduler
+from .checkpoints import read_state, resolve_resume_path, save_checkpoint
+from .config import ObjectiveConfig, RunConfig, TrainingConfig
+from .sampler import ShardedEpochSampler
+
+logger = logging.getLogger("dit_pipelines.training")
+
+
+def make_accelerator(config: TrainingConfig) -> Accelerator:
+    """The run's `Accelerator` (accumulation, mixed precision, trackers, logs under the output folder), with every
+    process seeded from `seed` and its process index, so that each draws its own noise."""
+    run = config.run
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.optimization.gradient_accumulation_steps,
+        mixed_precision=config.optimization.mixed_precision,
+        log_with=None if run.report_to == "none" else run.report_to,
+        project_config=ProjectConfiguration(project_dir=run.output_dir, logging_dir=os.path.join(run.output_dir, "logs")),
+    )
+    logging.basicConfig(level=logging.WARNING)
+    logger.setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
+    set_seed(config.optimization.seed, device_specific=True)
+    return accelerator
+
+
+def noise_scheduler_for(objective: ObjectiveConfig, run: RunConfig, learn_sigma: bool) -> DiTDDPMScheduler:
+    """The training chain; saved with the pipeline, respaced by `run.sampling_respacing` for sampling."""
+    return DiTDDPMScheduler(
+        num_train_timesteps=objective.num_train_timesteps,
+        beta_schedule=objective.beta_schedule,
+        prediction_type=objective.prediction_type,
+        variance_type="learned_range" if learn_sigma else "fixed_small",
+        timestep_respacing=run.sampling_respacing,
+    )
+
+
+def sampling_scheduler_for(run: RunConfig, noise_scheduler: DiTDDPMScheduler):
+    """The scheduler saved with the pipeline: the training chain's config, DDPM or DDIM (`run.sampling_scheduler`)."""
+    kind = DiTDDIMScheduler if run.sampling_scheduler == "ddim" else DiTDDPMScheduler
+    return kind.from_config(noise_scheduler.config)
+
+
+def train(
+    accelerator: Accelerator,
+    config: TrainingConfig,
+    model: torch.nn.Module,
+    dataset: Dataset,
+    loss_fn: Callable,
+    validate: Optional[Callable] = None,
+    save_pipeline: Optional[Callable] = None,
+    run_name: str = "train",
+    hyperparameters: Optional[dict] = None,
+) -> int:
+    """Train `model` on `dataset`; returns the number of optimisation steps done.
+
+    - `loss_fn(model, batch)` returns a `DiffusionLoss` (per-sample terms) for one batch;
+    - `validate(model, step)` runs on the main process every `run.validation_steps`, with the EMA weights loaded;
+    - `save_pipeline(model)` runs on the main process at the end, with the EMA weights loaded, and saves the
+      pipeline into `run.output_dir` (then pushed with `hub.push_to_hub`);
+    - `hyperparameters` (all the script's options) go to the trackers and to `training_args.json` beside the
+      saved pipeline, which its model card reports.
+    The resume path is checked before any work; trainable parameters are those with `requires_grad`, so a frozen
+    parameter is not in the optimizer and neither its gradient nor weight decay moves it."""
+    opt, run = config.optimization, config.run
+    hyperparameters = hyperparameters or {}
+    resume = resolve_resume_path(run.output_dir, run.resume_from_checkpoint)
+    if opt.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    ema = EMAModel(
+        model.parameters(),
+        decay=opt.ema_decay,
+        use_ema_warmup=opt.ema_warmup,
+        model_cls=type(model),
+        model_config=model.config,
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=opt.learning_rate, betas=(opt.adam_beta1, opt.adam_beta2), weight_decay=opt.adam_weight_decay
+    )
+    sampler = ShardedEpochSampler(
+        len(dataset), opt.train_batch_size, opt.seed, accelerator.process_index, accelerator.num_processes
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=opt.train_batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=opt.dataloader_num_workers,
+        generator=torch.Generator(),
+    )
+    steps_per_epoch = sampler.batches_per_epoch // opt.gradient_accumulation_steps
+    max_steps = opt.max_train_steps or opt.num_train_epochs * steps_per_epoch
+    lr_scheduler = get_scheduler(
+        opt.lr_scheduler,
+        optimizer,
+        num_warmup_steps=opt.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_steps * accelerator.num_processes,
+    )
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+    if accelerator.is_main_process and accelerator.log_with:
+        accelerator.init_trackers(run_name, config={k: v for k, v in hyperparameters.items() if v is not None})
+
+    global_step = 0
+    run_state = {"train_batch_size": opt.train_batch_size, "num_processes": accelerator.num_processes}
+    if resume:
+        accelerator.load_state(resume)
+        global_step = read_state(resume)["global_step"]
+        logger.info("Resumed from %s at step %d", resume, global_step)
+        if any(read_state(resume).get(k) != v for k, v in run_state.items()):
+            logger.warning("Resuming with another batch size or process count: the data order will differ.")
+
+    unwrapped = accelerator.unwrap_model(model)
+
+    def with_ema_weights(function):
+        ema.store(unwrapped.parameters())
+        ema.copy_to(unwrapped.parameters())
+        unwrapped.eval()
+        try:
+            return function(unwrapped)
+        finally:
+            unwrapped.train()
+            ema.restore(unwrapped.parameters())
+
+    progress = tqdm(total=max_steps, initial=global_step, desc=run_name, disable=not accelerator.is_local_main_process)
+    model.train()
+    epoch = global_step // steps_per_epoch
+    while global_step < max_steps:
+        sampler.set_position(epoch, (global_step % steps_per_epoch) * opt.gradient_accumulation_steps)
+        for batch in loader:
+            with accelerator.accumulate(model):
+                losses = loss_fn(model, batch)
+                loss = losses.loss.mean()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and opt.max_grad_norm:
+                    accelerator.clip_grad_norm_(trainable, opt.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            ema.step(unwrapped.parameters())
+            global_step += 1
+            logs = {"loss": loss.item(), "mse": losses.mse.mean().item(), "lr": lr_scheduler.get_last_lr()[0]}
+            if losses.vlb is not None:
+                logs["vlb"] = losses.vlb.mean().item()
+            progress.update(1)
+            progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            accelerator.log(logs, step=global_step)
+            if global_step % run.checkpointing_steps == 0 or global_step == max_steps:
+                save_checkpoint(accelerator, run.output_dir, global_step, run_state, run.checkpoints_total_limit)
+            if validate and run.validation_steps and global_step % run.validation_steps == 0:
+                if accelerator.is_main_process:
+                    with_ema_weights(lambda m: validate(m, global_step))
+            if global_step >= max_steps:
+                break
+        epoch += 1
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and save_pipeline is not None:
+        ema.copy_to(unwrapped.parameters())
+        unwrapped.eval()
+        save_pipeline(unwrapped)
+        save_training_args(run.output_dir, hyperparameters)
+        logger.info("Saved the pipeline to %s", run.output_dir)
+        if config.hub.push_to_hub:
+            from ..hub import push_pipeline
+
+            hub = config.hub
+            url = push_pipeline(
+                run.output_dir,
+                hub.hub_model_id or os.path.basename(os.path.abspath(run.output_dir)),
+                token=hub.hub_token,
+                private=hub.hub_private_repo or None,
+                commit_message=f"Upload {run_name} after {global_step} steps",
+            )
+            logger.info("Pushed to %s", url)
+    accelerator.end_training()
+    return global_step
+
+
+def save_training_args(output_dir: str, hyperparameters: dict) -> None:
+    """`training_args.json` beside the saved pipeline: what the model card reports as the training configuration
+    (the Hub token left out)."""
+    plain = (int, float, str, bool, type(None), list)
+    values = {k: v if isinstance(v, plain) else str(v) for k, v in hyperparameters.items() if k != "hub_token"}
+    with open(os.path.join(output_dir, "training_args.json"), "w") as f:
+        json.dump(values, f, indent=2, sort_keys=True)
