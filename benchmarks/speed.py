@@ -103,8 +103,9 @@ def dit_forward_flops(batch: int, tokens: int, width: int, depth: int, patch_dim
     return batch * (depth * block + ends + conditioning)
 
 
-def video_forward_flops(batch: int, frames: int, tokens: int, width: int, pairs: int, text_tokens: int,
-                        text_width: int) -> float:  # fmt: skip
+def video_forward_flops(
+    batch: int, frames: int, tokens: int, width: int, pairs: int, text_tokens: int, text_width: int
+) -> float:
     """FLOPs of an interleaved video DiT forward on `frames` x `tokens` tokens (T in all): per spatial block the DiT
     block's projections and MLP (24 T D^2), attention within each frame (4 T tokens D) and cross-attention to the
     L text tokens (query and output projections 4 T D^2, keys and values 4 L D^2, attention 4 T L D); per temporal
@@ -124,8 +125,8 @@ def our_dit(width: int, depth: int, heads: int):
     """Our DiT on 32x32x4 latents, p = 2, 1000 classes, with diffusers' timestep shift and pre-MLP eps."""
     from dit_pipelines import DiTModel
 
-    return DiTModel(sample_size=32, patch_size=2, in_channels=4, hidden_size=width, depth=depth, num_heads=heads,
-                    timestep_freq_shift=1.0, mlp_norm_eps=1e-5)  # fmt: skip
+    shape = dict(sample_size=32, patch_size=2, in_channels=4, hidden_size=width, depth=depth, num_heads=heads)
+    return DiTModel(**shape, timestep_freq_shift=1.0, mlp_norm_eps=1e-5)
 
 
 def dit_pair(width: int, depth: int, heads: int):
@@ -207,9 +208,15 @@ def memory_probe(probe: str) -> None:
         model = our_dit(width, depth, heads)
     else:
         model = DiTTransformer2DModel(
-            num_attention_heads=heads, attention_head_dim=width // heads, in_channels=4, out_channels=8,
-            num_layers=depth, sample_size=32, patch_size=2, num_embeds_ada_norm=1000,
-        )  # fmt: skip
+            num_attention_heads=heads,
+            attention_head_dim=width // heads,
+            in_channels=4,
+            out_channels=8,
+            num_layers=depth,
+            sample_size=32,
+            patch_size=2,
+            num_embeds_ada_norm=1000,
+        )
     step = training_step(model)
     before = peak_resident_mib()
     step()
@@ -247,11 +254,9 @@ def bench_pipeline(args) -> List[dict]:
 
     torch.manual_seed(0)
     levels = len(VAE_CHANNELS)
-    vae = AutoencoderKL(
-        block_out_channels=VAE_CHANNELS, down_block_types=("DownEncoderBlock2D",) * levels,
-        up_block_types=("UpDecoderBlock2D",) * levels, latent_channels=4, layers_per_block=2,
-        norm_num_groups=min(32, VAE_CHANNELS[0]),
-    ).eval()  # fmt: skip
+    blocks = dict(down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels)
+    sizes = dict(block_out_channels=VAE_CHANNELS, latent_channels=4, layers_per_block=2)
+    vae = AutoencoderKL(**blocks, **sizes, norm_num_groups=min(32, VAE_CHANNELS[0])).eval()
     ddim = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
     labels = [1, 2, 3, 4]
     rows = []
@@ -284,17 +289,14 @@ def bench_video(args, rate: float) -> List[dict]:
 
     (width, pairs, heads), text_width, frames = VIDEO_SIZE, 64, 8
     torch.manual_seed(0)
-    theirs = LatteTransformer3DModel(
-        num_attention_heads=heads, attention_head_dim=width // heads, in_channels=4, out_channels=8,
-        num_layers=pairs, cross_attention_dim=width, attention_bias=True, sample_size=32, patch_size=2,
-        activation_fn="gelu-approximate", norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
-        caption_channels=text_width, video_length=frames,
-    ).eval()  # fmt: skip
-    ours = VideoDiTModel(
-        sample_size=32, sample_frames=frames, patch_size=2, in_channels=4, hidden_size=width, depth=pairs,
-        num_heads=heads, attention_layout="interleaved", text_embed_dim=text_width, conditioning="text",
-        temporal_cross_attention=False,
-    ).eval()  # fmt: skip
+    latte_shape = dict(num_attention_heads=heads, attention_head_dim=width // heads, in_channels=4, out_channels=8)
+    latte_blocks = dict(activation_fn="gelu-approximate", norm_type="ada_norm_single", norm_elementwise_affine=False)
+    latte_text = dict(cross_attention_dim=width, attention_bias=True, caption_channels=text_width)
+    latte_grid = dict(num_layers=pairs, sample_size=32, patch_size=2, norm_eps=1e-6, video_length=frames)
+    theirs = LatteTransformer3DModel(**latte_shape, **latte_blocks, **latte_text, **latte_grid).eval()
+    shape = dict(sample_size=32, sample_frames=frames, patch_size=2, in_channels=4, hidden_size=width, depth=pairs)
+    conditioning = dict(text_embed_dim=text_width, conditioning="text", temporal_cross_attention=False)
+    ours = VideoDiTModel(**shape, num_heads=heads, attention_layout="interleaved", **conditioning).eval()
     rows = []
     for batch in (1, 2):
         g = torch.Generator().manual_seed(1)
@@ -302,10 +304,9 @@ def bench_video(args, rate: float) -> List[dict]:
         t = torch.randint(0, 1000, (batch,), generator=g)
         text = torch.randn(batch, 16, text_width, generator=g)  # no padding, no mask: Latte's is not repeated per frame
         with torch.no_grad():
-            times = interleaved({
-                "ours": lambda: ours(x, t, encoder_hidden_states=text),
-                "diffusers": lambda: theirs(x, timestep=t, encoder_hidden_states=text),
-            }, args.repeats)  # fmt: skip
+            runs = {"ours": lambda: ours(x, t, encoder_hidden_states=text)}
+            runs["diffusers"] = lambda: theirs(x, timestep=t, encoder_hidden_states=text)
+            times = interleaved(runs, args.repeats)
         row = {"section": "video", "model": f"Latte {pairs}+{pairs} blocks, width {width}", "batch": batch}
         flops = video_forward_flops(batch, frames, 256, width, pairs, text.shape[1], text_width)
         rows.append(add_timings(row, times, flops, rate))

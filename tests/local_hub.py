@@ -202,8 +202,9 @@ class LocalHub:
                 payload = json.loads(self._body())
                 repo_id = f"{payload.get('organization') or hub.user}/{payload['name']}"
                 if repo_id in hub.repos:  # the Hub's answer names the existing repo, which exist_ok=True returns
-                    return self._send(409, {"error": "You already created this model repo",
-                                            "url": f"{hub.endpoint}/{repo_id}"})  # fmt: skip
+                    return self._send(
+                        409, {"error": "You already created this model repo", "url": f"{hub.endpoint}/{repo_id}"}
+                    )
                 repo = hub.repos[repo_id] = Repo(private=payload.get("visibility") == "private")
                 hub._commit(repo, {".gitattributes": GITATTRIBUTES})
                 self._send(200, {"url": f"{hub.endpoint}/{repo_id}", "name": repo_id})
@@ -303,8 +304,14 @@ class LocalHub:
                 if self._repo(repo_id) is None:
                     return
                 files = json.loads(self._body())["files"]
-                modes = [{"path": f["path"], "uploadMode": "lfs" if LFS_PATTERNS.match(f["path"]) or f["size"] >
-                          10_000_000 else "regular", "shouldIgnore": False} for f in files]  # fmt: skip
+                modes = [
+                    {
+                        "path": f["path"],
+                        "uploadMode": "lfs" if LFS_PATTERNS.match(f["path"]) or f["size"] > 10_000_000 else "regular",
+                        "shouldIgnore": False,
+                    }
+                    for f in files
+                ]
                 self._send(200, {"files": modes, "commitOid": self._repo(repo_id).head[0]})
 
             def post_lfs_batch(self, query, repo_id):
@@ -314,8 +321,7 @@ class LocalHub:
                 for obj in json.loads(self._body())["objects"]:
                     entry = {"oid": obj["oid"], "size": obj["size"]}
                     if obj["oid"] not in hub.lfs:  # already stored objects need no upload
-                        entry["actions"] = {"upload": {"href": f"{hub.endpoint}/lfs-upload/{obj['oid']}",
-                                                       "header": {}}}  # fmt: skip
+                        entry["actions"] = {"upload": {"href": f"{hub.endpoint}/lfs-upload/{obj['oid']}", "header": {}}}
                     objects.append(entry)
                 self._send(
                     200, {"transfer": "basic", "objects": objects}, {"Content-Type": "application/vnd.git-lfs+json"}

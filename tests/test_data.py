@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dit_pipelines.data import class_names, image_transform, load_image_dataset, load_mnist
-from dit_pipelines.data import mnist as mnist_module
+from dit_pipelines.data import class_names, image_transform, load_image_dataset
+from examples.mnist import mnist_data as mnist_module
+from examples.mnist.mnist_data import load_mnist
 
 
 def fake_wheel(path, payload=None):

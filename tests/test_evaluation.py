@@ -3,9 +3,10 @@ import json
 import numpy as np
 import torch
 
-import benchmarks.sample_quality as sample_quality
+import examples.mnist.sample_quality as sample_quality
 from dit_pipelines import DiTDDPMScheduler, DiTImagePipeline
-from dit_pipelines.evaluation import MNISTClassifier, class_balanced, frechet_distance
+from dit_pipelines.evaluation import frechet_distance
+from examples.mnist.classifier import MNISTClassifier, class_balanced
 
 
 def test_frechet_distance_matches_an_eigenvalue_recomputation():
@@ -45,8 +46,11 @@ def test_the_benchmark_reports_accuracy_and_distances(tiny_dit, tmp_path, monkey
             ["--pipeline", str(tmp_path / "pipe"), "--samples_per_class", "3", "--batch_size", "7"]
         )
     )
-    saved = json.loads((tmp_path / "pipe" / "sample_quality.json").read_text())
-    assert saved == results and results["num_samples"] == 30 and results["num_inference_steps"] == 3
+    saved = json.loads((tmp_path / "pipe" / "evaluation" / "sample_quality.json").read_text())
+    assert saved["details"] == results and results["num_samples"] == 30 and results["num_inference_steps"] == 3
+    metrics = {m["name"]: m["value"] for m in saved["metrics"]}
+    assert metrics["class accuracy (MNIST classifier)"] == results["class_accuracy"]
+    assert saved["settings"]["num_samples"] == 30 and saved["settings"]["guidance_scale"] == 4.0
     assert 0 <= results["class_accuracy"] <= 1 and len(results["per_class_accuracy"]) == 10
     assert results["frechet_distance"] > 0 and results["frechet_distance_real_floor"] > 0
     assert results["frechet_ratio_to_floor"] == results["frechet_distance"] / results["frechet_distance_real_floor"]

@@ -25,8 +25,9 @@ from dit_pipelines import (
 )
 from dit_pipelines.cli import main as cli
 from dit_pipelines.conversion import dit_to_original_state_dict
+from dit_pipelines.evaluation import EvaluationRecord, Metric
 from dit_pipelines.hub import model_card
-from dit_pipelines.text_encoders import small_t5_encoder, train_t5_tokenizer
+from examples.mnist.text_encoder import small_t5_encoder, train_t5_tokenizer
 
 from .conftest import randomize_
 from .local_hub import LocalHub
@@ -60,8 +61,15 @@ def hub():
 
 
 def hub_env(hub, home, offline=False):
-    env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HUB_DISABLE_XET="1", HF_TOKEN="hf_local_test",
-               HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1", PYTHONPATH=str(ROOT))  # fmt: skip
+    env = dict(
+        os.environ,
+        HF_ENDPOINT=hub.endpoint,
+        HF_HUB_DISABLE_XET="1",
+        HF_TOKEN="hf_local_test",
+        HF_HOME=str(home),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        PYTHONPATH=str(ROOT),
+    )
     env.pop("HF_HUB_OFFLINE", None)
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
@@ -89,8 +97,23 @@ def sample_here(folder):
 def test_training_pushes_and_users_load_by_repo_id_online_and_offline(bars, hub, tmp_path):  # noqa: F811
     out = tmp_path / "run"
     env = hub_env(hub, tmp_path / "pusher")
-    run([SCRIPT, *tiny_args(bars, out, "--max_train_steps", "2", "--checkpointing_steps", "1", "--push_to_hub",
-                            "--hub_model_id", "tester/tiny-dit")], env)  # fmt: skip
+    run(
+        [
+            SCRIPT,
+            *tiny_args(
+                bars,
+                out,
+                "--max_train_steps",
+                "2",
+                "--checkpointing_steps",
+                "1",
+                "--push_to_hub",
+                "--hub_model_id",
+                "tester/tiny-dit",
+            ),
+        ],
+        env,
+    )
     assert (out / "checkpoint-2").is_dir()  # the run kept its checkpoints locally ...
     files = hub.files("tester/tiny-dit")
     assert not [p for p in files if p.startswith("checkpoint-") or "optimizer" in p]  # ... and pushed none
@@ -110,8 +133,11 @@ def test_training_pushes_and_users_load_by_repo_id_online_and_offline(bars, hub,
     run(["-c", SAMPLE, "tester/tiny-dit", str(tmp_path / "offline.npy")], hub_env(hub, user, offline=True))
     np.testing.assert_array_equal(np.load(tmp_path / "offline.npy"), expected)
     assert len(hub.requests) == served  # offline: from the cache, not a single request
-    failed = run(["-c", SAMPLE, "tester/tiny-dit", str(tmp_path / "x.npy")],
-                 hub_env(hub, tmp_path / "empty-cache", offline=True), expect=1)  # fmt: skip
+    failed = run(
+        ["-c", SAMPLE, "tester/tiny-dit", str(tmp_path / "x.npy")],
+        hub_env(hub, tmp_path / "empty-cache", offline=True),
+        expect=1,
+    )
     assert "offline" in failed.stderr.lower() or "cache" in failed.stderr.lower()
 
 
@@ -143,11 +169,20 @@ def test_interrupted_upload_leaves_the_previous_commit_and_a_retry_succeeds(hub,
 def tiny_video_pipeline(timestep_respacing: str) -> DiTTextToVideoPipeline:
     captions = [f"the digit {d} moves {w}" for d in range(10) for w in ("up", "down")]
     tokenizer = train_t5_tokenizer(captions, model_max_length=12)
-    transformer = VideoDiTModel(sample_size=8, sample_frames=2, patch_size=4, in_channels=1, hidden_size=16,
-                                depth=1, num_heads=2, text_embed_dim=8)  # fmt: skip
+    transformer = VideoDiTModel(
+        sample_size=8,
+        sample_frames=2,
+        patch_size=4,
+        in_channels=1,
+        hidden_size=16,
+        depth=1,
+        num_heads=2,
+        text_embed_dim=8,
+    )
     encoder = small_t5_encoder(len(tokenizer), d_model=8, num_layers=1, num_heads=2)
-    return DiTTextToVideoPipeline(tokenizer, encoder, randomize_(transformer, std=0.1),
-                                  DiTDDPMScheduler(timestep_respacing=timestep_respacing))  # fmt: skip
+    return DiTTextToVideoPipeline(
+        tokenizer, encoder, randomize_(transformer, std=0.1), DiTDDPMScheduler(timestep_respacing=timestep_respacing)
+    )
 
 
 def test_a_video_pipeline_loads_by_repo_id(hub, tmp_path):
@@ -162,16 +197,18 @@ def test_a_video_pipeline_loads_by_repo_id(hub, tmp_path):
 
 def test_convert_an_original_checkpoint_then_sample_from_the_command_line(tmp_path):
     torch.manual_seed(0)
-    original = randomize_(DiTModel(sample_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2,
-                                   num_classes=5), std=0.05)  # fmt: skip
+    original = randomize_(
+        DiTModel(sample_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2, num_classes=5),
+        std=0.05,
+    )
     torch.save(dit_to_original_state_dict(original.state_dict()), tmp_path / "DiT-tiny.pt")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    run(["-m", "dit_pipelines.cli", "convert", str(tmp_path / "DiT-tiny.pt"), "--output", str(tmp_path / "conv"),
-         "--sampling_respacing", "4", "--num_heads", "2"], env)  # fmt: skip
-    run(["-m", "dit_pipelines.cli", "sample", str(tmp_path / "conv"), "--labels", "1", "4", "--seed", "3",
-         "--output", str(tmp_path / "cli.png")], env)  # fmt: skip
-    run(["-m", "dit_pipelines.cli", "sample", str(tmp_path / "conv"), "--labels", "1", "4", "--seed", "3",
-         "--cache_interval", "2", "--output", str(tmp_path / "cached.png")], env)  # fmt: skip
+    cli_module, converted = ["-m", "dit_pipelines.cli"], str(tmp_path / "conv")
+    convert = ["convert", str(tmp_path / "DiT-tiny.pt"), "--output", converted]
+    run(cli_module + convert + "--sampling_respacing 4 --num_heads 2".split(), env)
+    sample = ["sample", converted, *"--labels 1 4 --seed 3".split()]
+    run(cli_module + sample + ["--output", str(tmp_path / "cli.png")], env)
+    run(cli_module + sample + ["--cache_interval", "2", "--output", str(tmp_path / "cached.png")], env)
 
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "conv")
     assert isinstance(pipe, DiTImagePipeline) and pipe.scheduler.config.timestep_respacing == "4"
@@ -208,19 +245,27 @@ def test_command_line_help_and_errors(tmp_path, capsys):
 def test_model_card_is_filled_from_the_run_folder(tmp_path):
     folder = tmp_path / "run"
     tiny_image_pipeline(seed=0).save_pretrained(folder)
-    training = {"learning_rate": 0.002, "max_train_steps": 14000, "init_from": "someone/dit-base", "hub_token": None}
+    training = {
+        "learning_rate": 0.002,
+        "max_train_steps": 14000,
+        "init_from": "someone/dit-base",
+        "hub_token": None,
+        "dataset": "someone/pets",
+    }
     (folder / "training_args.json").write_text(json.dumps(training))
-    (folder / "sample_quality.json").write_text(json.dumps({"class_accuracy": 0.985, "frechet_distance": 61.14,
-                                                            "guidance_scale": 4.0}))  # fmt: skip
+    metrics = [Metric("class accuracy", 0.985, "{:.1%}", "a classifier's"), Metric("FID", 61.14, "{:.1f}")]
+    EvaluationRecord("quality", metrics, {"guidance_scale": 4.0}, "Measured with a test's record.").save(str(folder))
     Image.new("L", (8, 8)).save(folder / "samples.png")
-    card = model_card(str(folder), "tester/dit-mnist")
+    card = model_card(str(folder), "tester/dit-pets")
     assert card.data.library_name == "diffusers" and card.data.base_model == "someone/dit-base"
-    assert card.data.pipeline_tag == "unconditional-image-generation" and card.data.datasets == ["ylecun/mnist"]
+    assert card.data.pipeline_tag == "unconditional-image-generation" and card.data.datasets == ["someone/pets"]
     text = card.content
     assert front_matter(text.encode())["base_model"] == "someone/dit-base"
-    assert "| class accuracy (MNIST classifier) | 98.5% |" in text and "| Fréchet distance" in text
+    assert "### quality" in text and "| class accuracy | 98.5% | a classifier's |" in text and "| FID | 61.1 |" in text
+    assert "Settings: guidance_scale = 4.0." in text and "Measured with a test's record." in text
     assert "| learning_rate | 0.002 |" in text and "hub_token" not in text
-    assert 'DiffusionPipeline.from_pretrained("tester/dit-mnist")' in text and "![Samples" in text
+    assert 'DiffusionPipeline.from_pretrained("tester/dit-pets")' in text and "![Samples](samples.png)" in text
+    assert "mnist" not in text.lower()  # the card knows no dataset but the one the run names
     assert "| hidden_size | 32 |" in text and "| timestep_respacing | 3 |" in text
     with pytest.raises(ValueError, match="is not a saved pipeline"):
         model_card(str(tmp_path), "tester/x")
@@ -230,32 +275,55 @@ def test_video_model_card_names_the_vae_scheduler_and_prompt_following(tmp_path)
     from diffusers import AutoencoderKL
 
     pipe = tiny_video_pipeline(timestep_respacing="50")
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
-                        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=8)  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        norm_num_groups=8,
+    )
     pipe.register_modules(vae=vae, scheduler=DiTDDIMScheduler.from_config(pipe.scheduler.config))
     pipe.save_pretrained(tmp_path / "t2v")
-    (tmp_path / "t2v" / "prompt_following").mkdir()
-    figures = {"generated": {"digit_accuracy": 0.83, "direction_accuracy": 1.0, "both": 0.83}, "clips": 100,
-               "scheduler": "DiTDDIMScheduler", "num_inference_steps": 50}  # fmt: skip
-    (tmp_path / "t2v" / "prompt_following" / "prompt_following.json").write_text(json.dumps(figures))
+    (tmp_path / "t2v" / "clips").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "t2v" / "clips" / "held_out.gif")
+    settings = {"clips": 100, "scheduler": "DiTDDIMScheduler", "num_inference_steps": 50}
+    record = EvaluationRecord(
+        "prompt_following", [Metric("right digit", 0.83, "{:.1%}")], settings, sample="clips/held_out.gif"
+    )
+    record.save(str(tmp_path / "t2v"))
+    (tmp_path / "t2v" / "training_args.json").write_text(json.dumps({"validation_prompts": ["a cat jumps"]}))
     text = model_card(str(tmp_path / "t2v"), "tester/t2v").content
     assert "| vae | AutoencoderKL, f = 4, 4 latent channels |" in text
-    assert "| scheduler | DiTDDIMScheduler |" in text and "| sampling steps | 50 |" in text
-    assert "| right digit (per-frame classifier, majority vote) | 83.0% |" in text
+    assert "| scheduler | DiTDDIMScheduler |" in text and "num_inference_steps = 50" in text
+    assert "| right digit | 83.0% |" in text and "![Generated clips](clips/held_out.gif)" in text
+    assert '"a cat jumps",' in text  # the usage example prompts as the run validated
 
 
 def test_sample_videos_from_the_command_line(tmp_path, capsys, monkeypatch):
     tiny_video_pipeline(timestep_respacing="2").save_pretrained(tmp_path / "t2v")
     prompts = ["the digit 3 moves up", "the digit 5 moves down"]
-    assert cli(["sample", str(tmp_path / "t2v"), "--prompt", *prompts, "--num_frames", "4",
-                "--output", str(tmp_path / "clip.gif")]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "sample",
+                str(tmp_path / "t2v"),
+                "--prompt",
+                *prompts,
+                "--num_frames",
+                "4",
+                "--output",
+                str(tmp_path / "clip.gif"),
+            ]
+        )
+        == 0
+    )
     gif = Image.open(tmp_path / "clip.gif")
     assert gif.n_frames == 4 and gif.size == (2 * 8, 8)  # the two clips side by side, 4 frames
     assert cli(["sample", str(tmp_path / "t2v"), "--prompt", prompts[0], "--output", str(tmp_path / "clip.mp4")]) == 0
     assert (tmp_path / "clip.mp4").stat().st_size > 0
     assert cli(["sample", str(tmp_path / "t2v"), "--labels", "3", "--output", str(tmp_path / "x.png")]) == 2
     assert "A video pipeline needs --prompt and an --output ending in .gif/.mp4" in capsys.readouterr().err
-    from dit_pipelines.pipelines import pipeline_dit_text_to_video as module
+    from dit_pipelines.pipelines import denoising as module
 
     intervals, make_cache = [], module.feature_cache_for
     monkeypatch.setattr(module, "feature_cache_for", lambda k: intervals.append(k) or make_cache(k))

@@ -10,7 +10,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
 
 from dit_pipelines import DiTDDIMScheduler, DiTDDPMScheduler, DiTImagePipeline
-from dit_pipelines.pipelines.common import guide
+from dit_pipelines.pipelines.denoising import guide
 
 DIGITS = {i: f"digit {i}, number {i}" for i in range(10)}
 
@@ -265,3 +265,20 @@ def test_guidance_interval_guides_only_inside_it(pixel_pipe):
     unguided = run(guidance_scale=1.0)
     torch.testing.assert_close(everywhere, run(guidance_scale=4.0), rtol=0, atol=0)
     assert not torch.allclose(inside, everywhere) and not torch.allclose(inside, unguided)
+
+
+def test_a_transformer_in_training_mode_samples_as_in_eval_mode(tiny_dit):
+    """A freshly built model is in training mode (and so is one sampled in the middle of a training loop): no label
+    is dropped while sampling, so the same generator gives the same images, equal to the eval-mode ones."""
+    model = tiny_dit(class_dropout_prob=0.5).train()
+    pipe = DiTImagePipeline(model, DiTDDPMScheduler(timestep_respacing="5"), id2label=DIGITS)
+    pipe.set_progress_bar_config(disable=True)
+
+    def sample():
+        return pipe([1, 2, 3, 4], guidance_scale=3.0, generator=torch.manual_seed(0), output_type="pt").images
+
+    first, second = sample(), sample()
+    assert model.training
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    model.eval()
+    torch.testing.assert_close(sample(), first, rtol=0, atol=0)

@@ -14,7 +14,7 @@ def test_ci_runs_exactly_the_readmes_test_command():
     assert test_command in ci_lines
 
 
-def test_readme_main_job_script_exists():
+def test_readme_main_job_module_exists():
     main_job = readme_commands()[0]
-    script = re.search(r"python (\S+\.py)", main_job).group(1)
-    assert (ROOT / script).is_file()
+    module = re.search(r"python -m (\S+)", main_job).group(1)
+    assert (ROOT / (module.replace(".", "/") + ".py")).is_file()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dit_pipelines.data import load_mnist
+from examples.mnist.mnist_data import load_mnist
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ def test_real_mnist_splits():
 
 
 def test_demo_smoke_run(tmp_path):
-    from training.demo import main, parse_args
+    from examples.mnist.demo import main, parse_args
 
     grid = main(parse_args(["--smoke", "--output_dir", str(tmp_path / "demo"), "--images_per_class", "2"]))
     from PIL import Image
@@ -27,7 +27,7 @@ def test_demo_smoke_run(tmp_path):
 
 
 def test_video_demo_smoke_run(tmp_path):
-    from training.video_demo import main, parse_args
+    from examples.mnist.video_demo import main, parse_args
 
     result = main(parse_args(["--smoke", "--output_dir", str(tmp_path / "t2v")]))
     assert (tmp_path / "t2v-vae" / "config.json").exists()  # the VAE the demo trained first

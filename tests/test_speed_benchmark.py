@@ -23,9 +23,15 @@ def test_the_video_flop_count_matches_torch_flop_counter_plus_attention():
 
     (width, pairs, heads), frames, tokens, text_tokens, text_width = (32, 2, 2), 3, 16 * 16, 5, 24
     model = VideoDiTModel(
-        sample_size=32, sample_frames=frames, hidden_size=width, depth=pairs, num_heads=heads,
-        attention_layout="interleaved", text_embed_dim=text_width, temporal_cross_attention=False,
-    )  # fmt: skip
+        sample_size=32,
+        sample_frames=frames,
+        hidden_size=width,
+        depth=pairs,
+        num_heads=heads,
+        attention_layout="interleaved",
+        text_embed_dim=text_width,
+        temporal_cross_attention=False,
+    )
     x, text = torch.randn(2, 4, frames, 32, 32), torch.randn(2, text_tokens, text_width)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x, 10, encoder_hidden_states=text)

@@ -56,10 +56,28 @@ def bars(tmp_path_factory):
 
 def tiny_args(dataset, output_dir, *extra):
     return [
-        "--dataset", dataset, "--output_dir", str(output_dir), "--preset", "DiT-S/4", "--hidden_size", "32",
-        "--depth", "2", "--num_heads", "2", "--train_batch_size", "8", "--learning_rate", "1e-3",
-        "--sampling_respacing", "4", "--num_inference_steps", "3", *extra,
-    ]  # fmt: skip
+        "--dataset",
+        dataset,
+        "--output_dir",
+        str(output_dir),
+        "--preset",
+        "DiT-S/4",
+        "--hidden_size",
+        "32",
+        "--depth",
+        "2",
+        "--num_heads",
+        "2",
+        "--train_batch_size",
+        "8",
+        "--learning_rate",
+        "1e-3",
+        "--sampling_respacing",
+        "4",
+        "--num_inference_steps",
+        "3",
+        *extra,
+    ]
 
 
 def weights(folder):
@@ -277,7 +295,7 @@ def test_mixed_precision_accumulation_checkpointing_and_clipping(bars, tmp_path)
 
 
 def test_preloaded_and_streamed_images_are_the_same(bars, monkeypatch):
-    import training.image_data as image_data
+    import dit_pipelines.training.image_data as image_data
 
     data = datasets.load_from_disk(bars)
     preloaded = image_data.LabelledImages(data, "image", "label", resolution=8, channels=1)

@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-import benchmarks.video_prompt_following as prompt_benchmark
+import examples.mnist.prompt_following as prompt_benchmark
 from dit_pipelines import DiTDDPMScheduler, DiTTextToVideoPipeline, VideoDiTModel
-from dit_pipelines.data.moving_mnist import DIRECTION_NAMES, held_out_pairs, make_moving_mnist
-from dit_pipelines.text_encoders import small_t5_encoder, train_t5_tokenizer
-from dit_pipelines.video_evaluation import (
+from examples.mnist.moving_mnist import DIRECTION_NAMES, held_out_pairs, make_moving_mnist
+from examples.mnist.text_encoder import small_t5_encoder, train_t5_tokenizer
+from examples.mnist.video_measures import (
     centroids,
     digit_crops,
     directions_agree,
@@ -49,8 +49,9 @@ def clips():
 def test_centroids_match_a_float64_recomputation():
     video = torch.rand(2, 3, 5, 7)
     w = video.double()
-    ys, xs = torch.meshgrid(torch.arange(5.0, dtype=torch.float64), torch.arange(7.0, dtype=torch.float64),
-                            indexing="ij")  # fmt: skip
+    ys, xs = torch.meshgrid(
+        torch.arange(5.0, dtype=torch.float64), torch.arange(7.0, dtype=torch.float64), indexing="ij"
+    )
     expected = torch.stack([(w * xs).sum((2, 3)) / w.sum((2, 3)), (w * ys).sum((2, 3)) / w.sum((2, 3))], -1)
     torch.testing.assert_close(centroids(video), expected.float())
 
@@ -97,17 +98,30 @@ def test_the_benchmark_reports_generated_and_real_clips(tmp_path, monkeypatch):
     """The whole benchmark on a tiny random pipeline, with bar "digits" and their classifier standing in for MNIST."""
     captions = [f"the digit {d} moves {w}" for d in range(10) for w in DIRECTION_NAMES]
     tokenizer = train_t5_tokenizer(captions, vocab_size=64, model_max_length=16)
-    transformer = VideoDiTModel(sample_size=32, sample_frames=8, patch_size=8, temporal_patch_size=2, in_channels=1,
-                                hidden_size=16, depth=1, num_heads=2, text_embed_dim=8)  # fmt: skip
+    transformer = VideoDiTModel(
+        sample_size=32,
+        sample_frames=8,
+        patch_size=8,
+        temporal_patch_size=2,
+        in_channels=1,
+        hidden_size=16,
+        depth=1,
+        num_heads=2,
+        text_embed_dim=8,
+    )
     text_encoder = small_t5_encoder(len(tokenizer), d_model=8, num_layers=1, num_heads=2)
-    pipe = DiTTextToVideoPipeline(tokenizer, text_encoder, randomize_(transformer, std=0.1),
-                                  DiTDDPMScheduler(timestep_respacing="2"))  # fmt: skip
+    pipe = DiTTextToVideoPipeline(
+        tokenizer, text_encoder, randomize_(transformer, std=0.1), DiTDDPMScheduler(timestep_respacing="2")
+    )
     pipe.save_pretrained(tmp_path / "pipe")
     images = torch.from_numpy(glyphs()).float()[:, None].repeat(2, 1, 1, 1) / 255
     monkeypatch.setattr(prompt_benchmark, "load_classifier", BarHeightClassifier)
     monkeypatch.setattr(prompt_benchmark, "mnist_tensors", lambda split: (images, torch.arange(10).repeat(2)))
-    result = prompt_benchmark.main(prompt_benchmark.parse_args(
-        ["--pipeline", str(tmp_path / "pipe"), "--clips_per_prompt", "2", "--batch_size", "7"]))  # fmt: skip
+    result = prompt_benchmark.main(
+        prompt_benchmark.parse_args(
+            ["--pipeline", str(tmp_path / "pipe"), "--clips_per_prompt", "2", "--batch_size", "7"]
+        )
+    )
     saved = json.loads((tmp_path / "pipe" / "prompt_following" / "prompt_following.json").read_text())
     assert saved == result and result["clips"] == 20 and result["num_frames"] == 8
     assert result["real"]["digit_accuracy"] == 1.0 and result["real"]["direction_accuracy"] == 1.0
@@ -118,8 +132,11 @@ def test_the_benchmark_reports_generated_and_real_clips(tmp_path, monkeypatch):
     assert Image.open(tmp_path / "pipe" / "prompt_following" / "held_out_prompts.png").size == (2 * 8 * 34, 2 * 10 * 32)
     assert (result["scheduler"], result["num_inference_steps"]) == ("DiTDDPMScheduler", 2)
 
-    seen = prompt_benchmark.main(prompt_benchmark.parse_args(
-        ["--pipeline", str(tmp_path / "pipe"), "--clips_per_prompt", "1", "--prompts", "seen"]))  # fmt: skip
+    seen = prompt_benchmark.main(
+        prompt_benchmark.parse_args(
+            ["--pipeline", str(tmp_path / "pipe"), "--clips_per_prompt", "1", "--prompts", "seen"]
+        )
+    )
     pairs = {tuple(p.removeprefix("the digit ").split(" moves ")) for p in seen["prompts"]}
     assert {int(d) for d, _ in pairs} == set(range(10)) and len(pairs) == 10
     assert not {(int(d), w) for d, w in pairs} & held_out_pairs()  # prompts that occur in training

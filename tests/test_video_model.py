@@ -3,6 +3,7 @@ import torch
 
 from dit_pipelines import VideoDiTModel
 from dit_pipelines.models.embeddings import sincos_1d
+from dit_pipelines.models.video_blocks import Mixing
 
 from .conftest import randomize_
 
@@ -10,8 +11,17 @@ LAYOUTS = ["interleaved", "factorized", "full"]
 
 
 def video_dit(random=True, **overrides):
-    config = dict(sample_size=8, sample_frames=4, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=4,
-                  text_embed_dim=16, num_classes=5)  # fmt: skip
+    config = dict(
+        sample_size=8,
+        sample_frames=4,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=32,
+        depth=2,
+        num_heads=4,
+        text_embed_dim=16,
+        num_classes=5,
+    )
     config.update(overrides)
     torch.manual_seed(0)
     model = VideoDiTModel(**config).eval()
@@ -91,8 +101,9 @@ def test_from_image_dit_reproduces_the_image_model_frame_by_frame(tiny_dit, layo
         expected = image(frames[:, :, f], t, labels).sample
         torch.testing.assert_close(out[:, :, f], expected, atol=1e-5, rtol=1e-5)
     # A text-conditioned video model starts as the image model's unconditional (null-class) prediction.
-    text_video = VideoDiTModel.from_image_dit(image, attention_layout=layout, conditioning="text", text_embed_dim=16,
-                                              pooled_text_conditioning=True)  # fmt: skip
+    text_video = VideoDiTModel.from_image_dit(
+        image, attention_layout=layout, conditioning="text", text_embed_dim=16, pooled_text_conditioning=True
+    )
     states, mask = text(2)
     out = text_video.eval()(frames, t, states, mask).sample
     null = torch.full_like(labels, 5)
@@ -148,20 +159,20 @@ def test_pooled_text_is_the_masked_mean_and_conditions_adaln():
     assert not torch.allclose(model(video, 10, a, mask).sample, model(video, 10, b, mask).sample)
 
 
-@pytest.mark.parametrize("mixing", ["space", "time", "spacetime"])
+@pytest.mark.parametrize("mixing", [Mixing.SPACE, Mixing.TIME, Mixing.FULL])
 def test_attention_mixings_match_a_loop_over_frames_or_locations(mixing):
     """Each mixing against its definition, written as a loop in float64: one attention per frame (space), per
-    location with temporal positions added (time), or over the whole clip with them (spacetime)."""
-    from dit_pipelines.models.video_dit import VideoDiTBlock
+    location with temporal positions added (time), or over the whole clip with them (full)."""
+    from dit_pipelines.models.video_blocks import VideoDiTBlock, attend
 
     b, frames, s, d = 2, 3, 4, 16
     block = randomize_(VideoDiTBlock(d, 2, 4.0, mixing, cross_attention=False)).double()
     h, pos = torch.randn(b, frames * s, d, dtype=torch.float64), torch.randn(1, frames, 1, d, dtype=torch.float64)
-    out = block.attend(block.attn, h, mixing, frames, pos).view(b, frames, s, d)
+    out = attend(block.attn, h, mixing, frames, pos).view(b, frames, s, d)
     grid = h.view(b, frames, s, d)
-    if mixing == "space":
+    if mixing is Mixing.SPACE:
         expected = torch.stack([block.attn(grid[:, f]) for f in range(frames)], 1)
-    elif mixing == "time":
+    elif mixing is Mixing.TIME:
         expected = torch.stack([block.attn(grid[:, :, i] + pos[:, :, 0]) for i in range(s)], 2)
     else:
         expected = block.attn((grid + pos).reshape(b, frames * s, d)).view(b, frames, s, d)
@@ -170,7 +181,7 @@ def test_attention_mixings_match_a_loop_over_frames_or_locations(mixing):
 
 def test_temporal_blocks_without_cross_attention_as_in_latte():
     model = video_dit(attention_layout="interleaved", temporal_cross_attention=False)
-    assert [hasattr(block, "cross_attn") for block in model.blocks] == [True, False] * model.config.depth
+    assert [block.cross_attn is not None for block in model.blocks] == [True, False] * model.config.depth
     assert model(torch.randn(2, 4, 3, 8, 8), 10, *text(2)).sample.shape == (2, 8, 3, 8, 8)
     with pytest.raises(ValueError, match="interleaved"):
         video_dit(attention_layout="factorized", temporal_cross_attention=False)

@@ -10,7 +10,7 @@ from diffusers import AutoencoderKL, DPMSolverMultistepScheduler
 from diffusers.utils import export_to_gif, export_to_video
 
 from dit_pipelines import DiTDDIMScheduler, DiTDDPMScheduler, DiTTextToVideoPipeline, VideoDiTModel
-from dit_pipelines.text_encoders import small_t5_encoder, train_t5_tokenizer
+from examples.mnist.text_encoder import small_t5_encoder, train_t5_tokenizer
 
 from .conftest import CallCounter, check_caching_every_k_steps, randomize_
 
@@ -22,11 +22,27 @@ def components():
     tokenizer = train_t5_tokenizer(CAPTIONS, vocab_size=64, model_max_length=24)
     text_encoder = small_t5_encoder(len(tokenizer), d_model=16, num_layers=1, num_heads=2)
     torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8, 8), latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=4, layers_per_block=1, scaling_factor=0.6).eval()  # fmt: skip
-    transformer = VideoDiTModel(sample_size=4, sample_frames=3, patch_size=2, in_channels=4, hidden_size=32, depth=1,
-                                num_heads=4, text_embed_dim=16)  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 8),
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        layers_per_block=1,
+        scaling_factor=0.6,
+    ).eval()
+    transformer = VideoDiTModel(
+        sample_size=4,
+        sample_frames=3,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=32,
+        depth=1,
+        num_heads=4,
+        text_embed_dim=16,
+    )
     randomize_(transformer, std=0.1)
     return dict(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer.eval(), vae=vae)
 
@@ -67,9 +83,13 @@ def test_decoding_in_chunks_and_other_frame_counts(pipe):
 
 def test_prompt_embeds_give_the_same_video_as_the_prompt(pipe):
     embeds, mask, negative, negative_mask = pipe.encode_prompt("the digit 7 moves down", "", True)
-    from_embeds = pipe(prompt_embeds=embeds, prompt_attention_mask=mask, negative_prompt_embeds=negative,
-                       negative_prompt_attention_mask=negative_mask,
-                       generator=torch.Generator().manual_seed(0)).frames  # fmt: skip
+    from_embeds = pipe(
+        prompt_embeds=embeds,
+        prompt_attention_mask=mask,
+        negative_prompt_embeds=negative,
+        negative_prompt_attention_mask=negative_mask,
+        generator=torch.Generator().manual_seed(0),
+    ).frames
     np.testing.assert_array_equal(from_embeds, run(pipe, "the digit 7 moves down"))
     assert not np.allclose(run(pipe, "the digit 7 moves down"), run(pipe, "the digit 2 moves up"))
 
@@ -134,21 +154,36 @@ def test_bad_inputs(pipe, components):
     with pytest.raises(ValueError, match="Got 2 negative prompts for 1 prompts"):
         pipe("x", negative_prompt=["a", "b"])
     with pytest.raises(ValueError, match="num_frames must be a positive multiple of the temporal patch size 2"):
-        tubelets = VideoDiTModel(sample_size=4, patch_size=2, temporal_patch_size=2, in_channels=4, hidden_size=32,
-                                 depth=1, num_heads=4, text_embed_dim=16)  # fmt: skip
-        DiTTextToVideoPipeline(components["tokenizer"], components["text_encoder"], tubelets, DiTDDPMScheduler(),
-                               components["vae"])("x", num_frames=5)  # fmt: skip
+        tubelets = VideoDiTModel(
+            sample_size=4,
+            patch_size=2,
+            temporal_patch_size=2,
+            in_channels=4,
+            hidden_size=32,
+            depth=1,
+            num_heads=4,
+            text_embed_dim=16,
+        )
+        DiTTextToVideoPipeline(
+            components["tokenizer"], components["text_encoder"], tubelets, DiTDDPMScheduler(), components["vae"]
+        )("x", num_frames=5)
     with pytest.raises(ValueError, match="must have the same shape"):  # batch sizes of prompt and negative differ
-        pipe(prompt_embeds=embeds, prompt_attention_mask=mask, negative_prompt_embeds=embeds.repeat(2, 1, 1),
-             negative_prompt_attention_mask=mask.repeat(2, 1))  # fmt: skip
+        pipe(
+            prompt_embeds=embeds,
+            prompt_attention_mask=mask,
+            negative_prompt_embeds=embeds.repeat(2, 1, 1),
+            negative_prompt_attention_mask=mask.repeat(2, 1),
+        )
     with pytest.raises(ValueError, match="The text embeddings are 8 wide, but the transformer takes text_embed_dim=16"):
         pipe(prompt_embeds=embeds[..., :8], prompt_attention_mask=mask)
     with pytest.raises(ValueError, match="encoder_hidden_states are 8 wide; this model takes text_embed_dim=16"):
         pipe.transformer(torch.zeros(1, 4, 3, 4, 4), 10, encoder_hidden_states=embeds[..., :8])
-    class_model = VideoDiTModel(sample_size=4, in_channels=4, hidden_size=32, depth=1, num_heads=4,
-                                conditioning="class", num_classes=3)  # fmt: skip
-    wrong = DiTTextToVideoPipeline(components["tokenizer"], components["text_encoder"], class_model,
-                                   DiTDDPMScheduler(), components["vae"])  # fmt: skip
+    class_model = VideoDiTModel(
+        sample_size=4, in_channels=4, hidden_size=32, depth=1, num_heads=4, conditioning="class", num_classes=3
+    )
+    wrong = DiTTextToVideoPipeline(
+        components["tokenizer"], components["text_encoder"], class_model, DiTDDPMScheduler(), components["vae"]
+    )
     with pytest.raises(ValueError, match="needs a VideoDiTModel with conditioning='text'"):
         wrong("x")
 
@@ -157,11 +192,13 @@ def test_tokenizer_training_is_deterministic_across_processes():
     """The tokenizers trainer breaks score ties (and rounds scores) differently in each process; a resumed training
     run retrains the tokenizer, so its vocabulary must not depend on the process."""
     script = textwrap.dedent(f"""
-        from dit_pipelines.text_encoders import train_t5_tokenizer
+        from examples.mnist.text_encoder import train_t5_tokenizer
         print(train_t5_tokenizer({CAPTIONS!r}, vocab_size=64).backend_tokenizer.to_str())
     """)
-    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-            for _ in range(2)]  # fmt: skip
+    runs = [
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    ]
     assert runs[0] == runs[1] and '"<pad>"' in runs[0]
 
 
@@ -174,3 +211,34 @@ def test_feature_caching_runs_the_blocks_every_k_steps_only(pipe):
             return run(pipe, output_type="pt", **kwargs), layers.count // 3
 
     check_caching_every_k_steps(frames)
+
+
+def test_a_video_transformer_in_training_mode_samples_as_in_eval_mode(components):
+    transformer = components["transformer"].train()
+    try:
+        pipe = DiTTextToVideoPipeline(**components, scheduler=DiTDDPMScheduler(timestep_respacing="3"))
+        pipe.set_progress_bar_config(disable=True)
+        first, second = run(pipe, output_type="pt"), run(pipe, output_type="pt")
+        torch.testing.assert_close(first, second, rtol=0, atol=0)
+        transformer.eval()
+        torch.testing.assert_close(run(pipe, output_type="pt"), first, rtol=0, atol=0)
+    finally:
+        transformer.eval()
+    # a class-conditioned video DiT drops no label in training mode either
+    model = randomize_(
+        VideoDiTModel(
+            sample_size=4,
+            sample_frames=2,
+            in_channels=2,
+            hidden_size=16,
+            depth=1,
+            num_heads=2,
+            conditioning="class",
+            num_classes=3,
+            class_dropout_prob=0.5,
+        )
+    )
+    x, labels = torch.randn(6, 2, 2, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.no_grad():
+        training = model.train()(x, 500, class_labels=labels).sample
+        torch.testing.assert_close(model.eval()(x, 500, class_labels=labels).sample, training, rtol=0, atol=0)

@@ -7,8 +7,12 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
 from safetensors.torch import load_file
 
-from dit_pipelines import DiTDDIMScheduler, DiTModel, DiTTextToVideoPipeline
-from training import train_vae, train_video_dit
+from dit_pipelines import DiTDDIMScheduler, DiTModel, DiTTextToVideoPipeline, VideoDiTModel
+from examples.mnist import train_vae
+from examples.mnist.moving_mnist import make_moving_mnist
+from examples.mnist.text_encoder import save_small_t5
+from examples.mnist.video_data import every_caption
+from training import train_video_dit
 
 from .test_training import fresh_accelerate_state  # noqa: F401 (autouse fixture)
 
@@ -30,26 +34,51 @@ def fake_mnist():
 
 @pytest.fixture(autouse=True)
 def offline_mnist(fake_mnist, monkeypatch):
-    import training.video_data as video_data
+    import examples.mnist.video_data as video_data
 
     monkeypatch.setattr(video_data, "load_mnist", lambda: fake_mnist)
 
 
-def train_video(output_dir, *extra) -> str:
-    return train_video_dit.main(train_video_dit.parse_args(video_args(output_dir, *extra)))
+@pytest.fixture(scope="module")
+def clips(fake_mnist, tmp_path_factory):
+    """64 Moving-MNIST clips of the fake digits, with their caption columns, saved as a datasets folder, and a
+    small T5 for their captions: what `train_video_dit.py` reads from a user."""
+    import numpy as np
+
+    train = fake_mnist["train"].with_format("numpy")[:]
+    data = make_moving_mnist(np.stack(train["image"]), np.asarray(train["label"]), num_clips=64, seed=0)
+    folder = tmp_path_factory.mktemp("clips")
+    data.save_to_disk(str(folder / "clips"))
+    save_small_t5(str(folder / "t5"), every_caption(data), d_model=16, model_max_length=24)
+    return str(folder / "clips"), str(folder / "t5")
 
 
-def video_args(output_dir, *extra):
+def train_video(output_dir, clips, *extra) -> str:
+    return train_video_dit.main(train_video_dit.parse_args(video_args(output_dir, clips, *extra)))
+
+
+def video_args(output_dir, clips, *extra):
+    dataset, t5 = clips
     return [
-        "--num_clips", "64", "--train_batch_size", "8", "--hidden_size", "32", "--depth", "1",
-        "--sampling_respacing", "3", "--num_inference_steps", "3", "--t5_d_model", "16",
-        "--output_dir", str(output_dir), *extra,
-    ]  # fmt: skip
+        *("--dataset", dataset, "--text_encoder", t5, "--train_batch_size", "8", "--hidden_size", "32"),
+        *("--depth", "1", "--sampling_respacing", "3", "--num_inference_steps", "3", "--output_dir", str(output_dir)),
+        *extra,
+    ]
 
 
-def test_tiny_video_run_saves_a_loadable_pipeline(tmp_path):
-    out = train_video(tmp_path / "run", "--max_train_steps", "3", "--image_batch_size", "4", "--validation_steps", "3",
-                      "--sampling_scheduler", "ddim")  # fmt: skip
+def test_tiny_video_run_saves_a_loadable_pipeline(clips, tmp_path):
+    out = train_video(
+        tmp_path / "run",
+        clips,
+        "--max_train_steps",
+        "3",
+        "--image_batch_size",
+        "4",
+        "--validation_steps",
+        "3",
+        "--sampling_scheduler",
+        "ddim",
+    )
     assert (tmp_path / "run" / "validation" / "step-3.gif").exists()
     pipe = DiffusionPipeline.from_pretrained(out)
     assert isinstance(pipe, DiTTextToVideoPipeline) and pipe.vae is None
@@ -59,86 +88,134 @@ def test_tiny_video_run_saves_a_loadable_pipeline(tmp_path):
     assert frames.shape == (1, 5, 32, 32, 1)
 
 
-def test_video_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+def test_video_resume_gives_the_weights_of_an_uninterrupted_run(clips, tmp_path):
     common = ["--max_train_steps", "5", "--checkpointing_steps", "2", "--ema_decay", "0.9", "--image_batch_size", "2"]
-    train_video(tmp_path / "full", *common)
+    train_video(tmp_path / "full", clips, *common)
     (tmp_path / "resumed").mkdir()
     os.rename(tmp_path / "full" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
-    train_video(tmp_path / "resumed", *common, "--resume_from_checkpoint", "latest")
+    train_video(tmp_path / "resumed", clips, *common, "--resume_from_checkpoint", "latest")
     name = os.path.join("transformer", "diffusion_pytorch_model.safetensors")
     full, resumed = load_file(str(tmp_path / "full" / name)), load_file(str(tmp_path / "resumed" / name))
     assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
-def test_vae_training_then_latent_video_training(tmp_path):
-    vae_dir = train_vae.main(train_vae.parse_args(["--num_clips", "80", "--max_train_steps", "2",
-                                                   "--block_out_channels", "8", "8", "--train_batch_size", "8",
-                                                   "--output_dir", str(tmp_path / "vae")]))  # fmt: skip
+def test_vae_training_then_latent_video_training(clips, tmp_path):
+    vae_dir = train_vae.main(
+        train_vae.parse_args(
+            [
+                "--num_clips",
+                "80",
+                "--max_train_steps",
+                "2",
+                "--block_out_channels",
+                "8",
+                "8",
+                "--train_batch_size",
+                "8",
+                "--output_dir",
+                str(tmp_path / "vae"),
+            ]
+        )
+    )
     vae = AutoencoderKL.from_pretrained(vae_dir)
     assert vae.config.latent_channels == 4 and vae.config.scaling_factor != 1.0
-    out = train_video(tmp_path / "latent", "--max_train_steps", "2", "--vae", vae_dir, "--precompute_latents")
+    out = train_video(tmp_path / "latent", clips, "--max_train_steps", "2", "--vae", vae_dir, "--precompute_latents")
     pipe = DiffusionPipeline.from_pretrained(out)
     config = pipe.transformer.config
     assert pipe.vae is not None and config.sample_size == 16 and config.in_channels == 4
 
 
 @pytest.mark.parametrize("layout", ["factorized", "interleaved"])
-def test_init_from_image_dit_and_train_temporal_only(tmp_path, layout):
-    image = DiTModel(sample_size=32, patch_size=4, in_channels=1, hidden_size=32, depth=2, num_heads=2,
-                     num_classes=10, class_dropout_prob=0.1)  # fmt: skip
+def test_freeze_image_layers_keeps_every_frozen_tensor_bit_identical_under_weight_decay(clips, tmp_path, layout):
+    image = DiTModel(
+        sample_size=32,
+        patch_size=4,
+        in_channels=1,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        num_classes=10,
+        class_dropout_prob=0.1,
+    )
     with torch.no_grad():  # a "trained" image model: its zero-initialised output layers would pass no gradient
         for parameter in image.parameters():
             parameter.add_(0.02 * torch.randn_like(parameter))
     image.save_pretrained(tmp_path / "image")
-    out = train_video(tmp_path / "video", "--max_train_steps", "3", "--learning_rate", "1e-2", "--init_from_image_dit",
-                      str(tmp_path / "image"), "--train_temporal_only", "--attention_layout", layout,
-                      "--ema_decay", "0.0")  # fmt: skip
-    video = DiffusionPipeline.from_pretrained(out).transformer
-    spatial = video.blocks[::2] if layout == "interleaved" else video.blocks
-    for target, source in zip(spatial, image.blocks):
-        assert torch.equal(target.attn.qkv.weight, source.attn.qkv.weight)  # frozen
-        assert torch.equal(target.modulation.weight[: 6 * 32], source.modulation.weight)
-    temporal = video.blocks[1].modulation if layout == "interleaved" else video.blocks[0].modulation
-    assert temporal.weight[6 * 32 :].abs().sum() > 0 if layout == "factorized" else temporal.weight.abs().sum() > 0
-    assert video.blocks[0].cross_attn.proj.weight.abs().sum() > 0  # the new cross-attention trained
+    out = train_video(
+        tmp_path / "video",
+        clips,
+        "--max_train_steps",
+        "3",
+        "--learning_rate",
+        "1e-2",
+        "--init_from_image_dit",
+        str(tmp_path / "image"),
+        "--train_temporal_only",
+        "--attention_layout",
+        layout,
+        "--adam_weight_decay",
+        "0.1",
+        "--ema_decay",
+        "0.0",
+    )
+    trained = dict(DiffusionPipeline.from_pretrained(out).transformer.named_parameters())
+
+    start = VideoDiTModel.from_image_dit(
+        image, attention_layout=layout, sample_frames=8, text_embed_dim=16, conditioning="text"
+    )
+    start.freeze_image_layers()
+    frozen = {name: p for name, p in start.named_parameters() if not p.requires_grad}
+    assert len(frozen) > 20 and any(".modulation." in name for name in frozen)
+    for name, parameter in frozen.items():
+        assert torch.equal(trained[name], parameter), name  # neither the gradient nor the decay moved it
+    new = {name: p for name, p in start.named_parameters() if p.requires_grad}
+    moved = [name for name, p in new.items() if not torch.equal(trained[name], p)]
+    temporal = "blocks.0.temporal_modulation.weight" if layout == "factorized" else "blocks.1.modulation.weight"
+    assert temporal in moved and "blocks.0.cross_attn.proj.weight" in moved and "caption_projection.0.weight" in moved
 
 
-def test_video_errors(tmp_path):
+def test_video_errors(clips, tmp_path):
     with pytest.raises(ValueError, match="--resume_from_checkpoint '/nowhere' is not a checkpoint folder"):
-        train_video(tmp_path / "x", "--resume_from_checkpoint", "/nowhere")
+        train_video(tmp_path / "x", clips, "--resume_from_checkpoint", "/nowhere")
     image = DiTModel(sample_size=32, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=10)
     image.save_pretrained(tmp_path / "rgb")
     with pytest.raises(ValueError, match="The image DiT takes 3 channels, the data has 1"):
-        train_video(tmp_path / "y", "--init_from_image_dit", str(tmp_path / "rgb"))
+        train_video(tmp_path / "y", clips, "--init_from_image_dit", str(tmp_path / "rgb"))
 
 
 def test_caption_parts_and_the_caption_each_sample_trains_with():
-    from dit_pipelines.data.moving_mnist import make_moving_mnist
+    from dit_pipelines.training import CaptionTable, training_caption_ids
+    from examples.mnist.text_encoder import small_t5_encoder, train_t5_tokenizer
 
     images = torch.zeros(20, 28, 28, dtype=torch.uint8).numpy()
-    clips = make_moving_mnist(images, [i % 10 for i in range(20)], num_clips=30, max_digits=2, seed=0)
-    parts = train_video_dit.caption_parts(clips, list(clips["caption"]))
-    for row, (digit_part, motion_part) in zip(clips, parts):
+    data = make_moving_mnist(images, [i % 10 for i in range(20)], num_clips=30, max_digits=2, seed=0)
+    for row in data:
         if len(row["digits"]) == 1:
-            assert (digit_part, motion_part) == (
-                f"the digit {row['digits'][0]}",
-                f"a digit moves {row['directions'][0]}",
-            )
-        else:  # two digits: the whole caption stays
-            assert digit_part == motion_part == row["caption"]
-    assert {len(r["digits"]) for r in clips} == {1, 2}
+            digit, direction = row["digits"][0], row["directions"][0]
+            assert row["caption_parts"] == [f"the digit {digit}", f"a digit moves {direction}"]
+            assert row["image_caption"] == f"the digit {digit}"
+        else:  # two digits: no parts, the whole caption stays
+            assert row["caption_parts"] == []
+    assert {len(r["digits"]) for r in data} == {1, 2}
+    tokenizer = train_t5_tokenizer(every_caption(data), model_max_length=24)
+    table = CaptionTable(tokenizer, small_t5_encoder(len(tokenizer), d_model=16), every_caption(data), 24)
+    parts = table.part_ids(data["caption"], data["caption_parts"])
+    for row, ids in zip(data, parts.tolist()):
+        expected = row["caption_parts"] or [row["caption"], row["caption"]]
+        assert [table.captions[i] for i in ids] == expected
+    assert table.captions[table.empty] == "" and table.embeds.shape[:2] == (len(table.captions), 24)
 
     u = (torch.arange(1000) + 0.5) / 1000  # no draw on a boundary
     whole, empty = torch.full((1000,), 7), 0
     cut = torch.tensor([[1, 2]]).expand(1000, 2)
-    ids = train_video_dit.training_caption_ids(u, whole, cut, empty, dropout_prob=0.1, part_dropout_prob=0.2)
+    ids = training_caption_ids(u, whole, cut, empty, dropout_prob=0.1, part_dropout_prob=0.2)
     assert [(ids == i).sum().item() for i in (0, 1, 2, 7)] == [100, 100, 100, 700]
     assert (ids[u < 0.1] == 0).all() and (ids[(u >= 0.1) & (u < 0.2)] == 1).all() and (ids[u >= 0.3] == 7).all()
-    plain = train_video_dit.training_caption_ids(u, whole, cut, empty, dropout_prob=0.1, part_dropout_prob=0.0)
+    plain = training_caption_ids(u, whole, cut, empty, dropout_prob=0.1, part_dropout_prob=0.0)
     assert [(plain == i).sum().item() for i in (0, 1, 2, 7)] == [100, 0, 0, 900]
 
 
-def test_a_run_with_caption_parts_saves_a_pipeline(tmp_path):
-    out = train_video(tmp_path / "run", "--max_train_steps", "2", "--caption_part_dropout_prob", "0.5")
+def test_a_run_with_caption_parts_saves_a_pipeline(clips, tmp_path):
+    out = train_video(tmp_path / "run", clips, "--max_train_steps", "2", "--caption_part_dropout_prob", "0.5")
     pipe = DiffusionPipeline.from_pretrained(out)
     assert pipe.tokenizer.tokenize("a digit moves up") == ["▁a", "▁digit", "▁moves", "▁up"]  # part captions' words

@@ -139,17 +139,8 @@ def main(args) -> str:
     def validate(model, step):
         sample_grid(pipeline(model), len(names), args, accelerator, step)
 
-    train(
-        accelerator,
-        config,
-        model,
-        data.dataset,
-        loss_fn,
-        validate,
-        lambda m: pipeline(m).save_pretrained(args.output_dir),
-        run_name="train_dit",
-        hyperparameters=vars(args),
-    )
+    hyperparameters = vars(args)
+    train(accelerator, config, model, data.dataset, loss_fn, validate, pipeline, "train_dit", hyperparameters)
     return args.output_dir
 
 

@@ -50,8 +50,12 @@ def parse_args(argv=None):
     data.add_argument("--dataset", required=True, help="a save_to_disk folder with video and caption columns")
     data.add_argument("--split", default="train")
     data.add_argument("--max_train_samples", type=int, default=None, help="use the first N clips only")
-    data.add_argument("--image_batch_size", type=int, default=0,
-                      help="joint image-video training: N single frames per step too, captioned by `image_caption`")
+    data.add_argument(
+        "--image_batch_size",
+        type=int,
+        default=0,
+        help="joint image-video training: N single frames per step too, captioned by `image_caption`",
+    )
     model = p.add_argument_group("model")
     model.add_argument("--hidden_size", type=int, default=64)
     model.add_argument("--depth", type=int, default=6)
@@ -60,27 +64,41 @@ def parse_args(argv=None):
     model.add_argument("--temporal_patch_size", type=int, default=1)
     model.add_argument("--attention_layout", default="factorized", choices=["interleaved", "factorized", "full"])
     model.add_argument("--learn_sigma", action=argparse.BooleanOptionalAction, default=True)
-    model.add_argument("--pooled_text_conditioning", action="store_true",
-                       help="the caption's mean T5 token also conditions adaLN (with the timestep)")
+    model.add_argument(
+        "--pooled_text_conditioning",
+        action="store_true",
+        help="the caption's mean T5 token also conditions adaLN (with the timestep)",
+    )
     model.add_argument("--init_from_image_dit", default=None, help="a DiTModel (or DiTImagePipeline) folder")
-    model.add_argument("--train_temporal_only", action="store_true",
-                       help="train only what the image DiT lacks (VideoDiTModel.freeze_image_layers)")
+    model.add_argument(
+        "--train_temporal_only",
+        action="store_true",
+        help="train only what the image DiT lacks (VideoDiTModel.freeze_image_layers)",
+    )
     model.add_argument("--vae", default=None, help="AutoencoderKL folder or repo id (frames are encoded one by one)")
     model.add_argument("--precompute_latents", action="store_true", help="encode every frame once")
     text = p.add_argument_group("text")
     text.add_argument("--text_encoder", required=True, help="a T5 folder or repo id (see above)")
     text.add_argument("--max_sequence_length", type=int, default=24)
     text.add_argument("--caption_dropout_prob", type=float, default=0.1)
-    text.add_argument("--caption_part_dropout_prob", type=float, default=0.0,
-                      help="train on one of a caption's parts (the `caption_parts` column) this often")
+    text.add_argument(
+        "--caption_part_dropout_prob",
+        type=float,
+        default=0.0,
+        help="train on one of a caption's parts (the `caption_parts` column) this often",
+    )
     add_training_arguments(p)
     p.add_argument("--validation_prompts", nargs="*", default=None, help="default: the dataset's first 4 captions")
     return p.parse_args(argv)
 
 
 def build_model(args, in_channels, sample_size, sample_frames, text_dim) -> VideoDiTModel:
-    config = dict(sample_frames=sample_frames, text_embed_dim=text_dim, conditioning="text",
-                  pooled_text_conditioning=args.pooled_text_conditioning)
+    config = dict(
+        sample_frames=sample_frames,
+        text_embed_dim=text_dim,
+        conditioning="text",
+        pooled_text_conditioning=args.pooled_text_conditioning,
+    )
     if args.init_from_image_dit:
         image = DiTModel.from_pretrained(transformer_folder(args.init_from_image_dit))
         if image.config.in_channels != in_channels:
@@ -139,8 +157,10 @@ def main(args) -> str:
     vae = AutoencoderKL.from_pretrained(args.vae).to(device).eval() if args.vae else None
     factor = vae_scale_factor(vae)
     if frame_size % (factor * args.patch_size) or video.shape[3] != frame_size:
-        raise ValueError(f"Frames must be square with a side that is a multiple of {factor * args.patch_size}, "
-                         f"got {frame_size}x{video.shape[3]}.")
+        raise ValueError(
+            f"Frames must be square with a side that is a multiple of {factor * args.patch_size}, "
+            f"got {frame_size}x{video.shape[3]}."
+        )
     inputs = encode_clip_posteriors(vae, video, device) if vae and args.precompute_latents else {"video": video}
     channels = vae.config.latent_channels if vae else 1
     model = build_model(args, channels, frame_size // factor, num_frames, text_encoder.config.d_model)
@@ -155,13 +175,15 @@ def main(args) -> str:
 
     def diffusion_loss(model, x0, caption_ids, part_ids):
         u = torch.rand(len(caption_ids), device=device).cpu()
-        ids = training_caption_ids(u, caption_ids.cpu(), part_ids.cpu(), table.empty, args.caption_dropout_prob,
-                                   args.caption_part_dropout_prob)
+        ids = training_caption_ids(
+            u, caption_ids.cpu(), part_ids.cpu(), table.empty, args.caption_dropout_prob, args.caption_part_dropout_prob
+        )
         states, mask = table.lookup(ids, device)
         noise = torch.randn_like(x0)
         t = torch.randint(0, args.num_train_timesteps, (len(x0),), device=device)
-        output = model(noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=states,
-                       encoder_attention_mask=mask).sample
+        output = model(
+            noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=states, encoder_attention_mask=mask
+        ).sample
         return noise_scheduler.training_loss(output.float(), x0, noise, t, vlb_weight=args.vlb_weight)
 
     def loss_fn(model, batch):
@@ -187,16 +209,20 @@ def main(args) -> str:
     def validate(model, step):
         pipe = pipeline(model)
         pipe.set_progress_bar_config(disable=True)
-        frames = pipe(prompts, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-                      output_type="pil", generator=torch.Generator().manual_seed(args.seed)).frames
+        frames = pipe(
+            prompts,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            output_type="pil",
+            generator=torch.Generator().manual_seed(args.seed),
+        ).frames
         folder = os.path.join(args.output_dir, "validation")
         os.makedirs(folder, exist_ok=True)
         strip = [make_image_grid([clip[f] for clip in frames], rows=1, cols=len(frames)) for f in range(len(frames[0]))]
         export_to_gif(strip, os.path.join(folder, f"step-{step}.gif"), fps=4)
 
-    train(accelerator, config, model, dataset, loss_fn, validate,
-          lambda m: pipeline(m).save_pretrained(args.output_dir), run_name="train_video_dit",
-          hyperparameters=vars(args))
+    hyperparameters = vars(args)
+    train(accelerator, config, model, dataset, loss_fn, validate, pipeline, "train_video_dit", hyperparameters)
     return args.output_dir
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from dit_pipelines import DiTDDIMScheduler, DiTDDPMScheduler  # also registers the classes with diffusers
+from dit_pipelines.data import frames_as_tensor
 from dit_pipelines.evaluation import EvaluationRecord, Metric
 
 from .classifier import load_classifier, mnist_tensors
@@ -84,10 +85,18 @@ def real_clips(digits, directions, num_frames, frame_size, args):
     images = (images[:, 0] * 255).round().to(torch.uint8).numpy()
     clips = []
     for d, w in sorted(set(zip(digits, directions))):
-        data = make_moving_mnist(images, labels.numpy(), args.clips_per_prompt, num_frames=num_frames,
-                                 frame_size=frame_size, digit_size=args.digit_size, speed=args.speed,
-                                 seed=args.seed + d, only={(d, w)})  # fmt: skip
-        clips.append(torch.from_numpy(np.asarray(data.with_format("numpy")["video"][:])).float() / 255)
+        data = make_moving_mnist(
+            images,
+            labels.numpy(),
+            args.clips_per_prompt,
+            num_frames=num_frames,
+            frame_size=frame_size,
+            digit_size=args.digit_size,
+            speed=args.speed,
+            seed=args.seed + d,
+            only={(d, w)},
+        )
+        clips.append(frames_as_tensor(data).float() / 255)
     return torch.cat(clips)
 
 

@@ -60,7 +60,9 @@ def small_t5_encoder(vocab_size: int, d_model: int = 64, num_layers: int = 2, nu
     return T5EncoderModel(config).eval()
 
 
-def save_small_t5(folder: str, captions: List[str], d_model: int = 64, model_max_length: int = 24, seed: int = 0) -> str:
+def save_small_t5(
+    folder: str, captions: List[str], d_model: int = 64, model_max_length: int = 24, seed: int = 0
+) -> str:
     """Train the tokenizer on `captions`, build the small T5 and save both in the layout `--text_encoder` of
     `training/train_video_dit.py` reads (`folder/tokenizer`, `folder/text_encoder`). Returns `folder`."""
     tokenizer = train_t5_tokenizer(sorted(set(captions)), vocab_size=256, model_max_length=model_max_length)

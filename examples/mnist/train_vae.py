@@ -41,11 +41,16 @@ def parse_args(argv=None):
 def make_vae(args, channels: int) -> AutoencoderKL:
     levels = len(args.block_out_channels)
     return AutoencoderKL(
-        in_channels=channels, out_channels=channels, block_out_channels=tuple(args.block_out_channels),
-        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
-        latent_channels=args.latent_channels, layers_per_block=1, norm_num_groups=min(32, args.block_out_channels[0]),
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=tuple(args.block_out_channels),
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        latent_channels=args.latent_channels,
+        layers_per_block=1,
+        norm_num_groups=min(32, args.block_out_channels[0]),
         sample_size=args.frame_size,
-    )  # fmt: skip
+    )
 
 
 def main(args) -> str:
@@ -81,8 +86,10 @@ def main(args) -> str:
             mse = torch.nn.functional.mse_loss(vae.decode(latents).sample.clamp(-1, 1), x).item()
         vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
         vae.save_pretrained(args.output_dir)
-        print(f"Held-out PSNR {10 * math.log10(4 / mse):.2f} dB (pixels in [-1, 1]); scaling_factor "
-              f"{vae.config.scaling_factor:.4f}; saved to {args.output_dir}")  # fmt: skip
+        print(
+            f"Held-out PSNR {10 * math.log10(4 / mse):.2f} dB (pixels in [-1, 1]); scaling_factor "
+            f"{vae.config.scaling_factor:.4f}; saved to {args.output_dir}"
+        )
     accelerator.end_training()
     return args.output_dir
 

@@ -33,7 +33,6 @@ import argparse
 import time
 
 from dit_pipelines.data import load_video_dataset
-
 from training.train_video_dit import main as train
 from training.train_video_dit import parse_args as train_args
 

@@ -19,13 +19,16 @@ VIDEO_SUFFIXES = (".gif", ".mp4")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="dit-pipelines", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="dit-pipelines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    sample = commands.add_parser("sample", help="generate images (PNG grid) or videos (GIF / MP4)",
-                                 description="Generate with a saved or Hub pipeline (DiTImagePipeline or "
-                                             "DiTTextToVideoPipeline).")  # fmt: skip
+    sample = commands.add_parser(
+        "sample",
+        help="generate images (PNG grid) or videos (GIF / MP4)",
+        description="Generate with a saved or Hub pipeline (DiTImagePipeline or DiTTextToVideoPipeline).",
+    )
     sample.add_argument("pipeline", help="a saved pipeline folder or a Hub repo id")
     sample.add_argument("--labels", nargs="+", default=None, help="image pipelines: class indices or names")
     sample.add_argument("--prompt", nargs="+", default=None, help="video pipelines: one or more prompts")
@@ -51,8 +54,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     convert.add_argument("--vae", default=None, help="an AutoencoderKL folder or repo id (latent models)")
     convert.add_argument("--id2label", default=None, help="a JSON file mapping class indices to names")
     convert.add_argument("--sampling_respacing", default="250", help="the DDPM scheduler's timestep_respacing")
-    convert.add_argument("--learn_sigma", action=argparse.BooleanOptionalAction, default=None,
-                         help="override what is inferred from the checkpoint")  # fmt: skip
+    convert.add_argument(
+        "--learn_sigma",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="override what is inferred from the checkpoint",
+    )
     convert.add_argument(
         "--num_heads",
         type=int,
@@ -60,9 +67,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="original checkpoints of non-preset sizes: the attention heads (not in the weights)",
     )
 
-    push = commands.add_parser("push", help="upload a saved pipeline folder to the Hub with its model card",
-                               description="Write the model card and upload a saved pipeline in one commit "
-                                           "(never checkpoint-* folders). Uses HF_TOKEN / HF_ENDPOINT.")  # fmt: skip
+    push = commands.add_parser(
+        "push",
+        help="upload a saved pipeline folder to the Hub with its model card",
+        description="Write the model card and upload a saved pipeline in one commit "
+        "(never checkpoint-* folders). Uses HF_TOKEN / HF_ENDPOINT.",
+    )
     push.add_argument("folder", help="a saved pipeline folder")
     push.add_argument("repo_id", help="user/name on the Hub")
     push.add_argument("--private", action="store_true")
@@ -85,17 +95,29 @@ def sample(args) -> str:
         if suffix not in IMAGE_SUFFIXES or args.labels is None:
             raise ValueError(f"An image pipeline needs --labels and an --output ending in {'/'.join(IMAGE_SUFFIXES)}.")
         labels = [int(x) if x.isdigit() else x for x in args.labels]
-        images = pipe(labels, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-                      cache_interval=args.cache_interval, generator=generator).images  # fmt: skip
+        images = pipe(
+            labels,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            cache_interval=args.cache_interval,
+            generator=generator,
+        ).images
         from diffusers.utils import make_image_grid
 
         make_image_grid(images, rows=1, cols=len(images)).save(args.output)
     elif isinstance(pipe, DiTTextToVideoPipeline):
         if suffix not in VIDEO_SUFFIXES or args.prompt is None:
             raise ValueError(f"A video pipeline needs --prompt and an --output ending in {'/'.join(VIDEO_SUFFIXES)}.")
-        frames = pipe(args.prompt, negative_prompt=args.negative_prompt, num_frames=args.num_frames,
-                      num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-                      cache_interval=args.cache_interval, generator=generator, output_type="pil").frames  # fmt: skip
+        frames = pipe(
+            args.prompt,
+            negative_prompt=args.negative_prompt,
+            num_frames=args.num_frames,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            cache_interval=args.cache_interval,
+            generator=generator,
+            output_type="pil",
+        ).frames
         from diffusers.utils import export_to_gif, export_to_video, make_image_grid
 
         strip = [make_image_grid([clip[f] for clip in frames], rows=1, cols=len(frames)) for f in range(len(frames[0]))]
@@ -143,8 +165,14 @@ def convert(args) -> str:
 def push(args) -> str:
     from .hub import push_pipeline
 
-    return push_pipeline(args.folder, args.repo_id, token=args.token, private=args.private or None,
-                         commit_message=args.commit_message, license=args.license)  # fmt: skip
+    return push_pipeline(
+        args.folder,
+        args.repo_id,
+        token=args.token,
+        private=args.private or None,
+        commit_message=args.commit_message,
+        license=args.license,
+    )
 
 
 def user_errors() -> tuple:

@@ -110,7 +110,9 @@ def model_card(
     samples = [r.sample for r in records if r.sample] + [s for s in SAMPLES if (root / s).is_file()]
     sample = next((s.replace(os.sep, "/") for s in samples if (root / s).is_file()), None)
     text = transformer.get("conditioning") == "text"
-    model_keys = MODEL_KEYS + (["text_embed_dim", "pooled_text_conditioning"] if text else ["num_classes", "class_dropout_prob"])
+    model_keys = MODEL_KEYS + (
+        ["text_embed_dim", "pooled_text_conditioning"] if text else ["num_classes", "class_dropout_prob"]
+    )
     model_rows = [(k, transformer[k]) for k in model_keys if k in transformer]
     vae = _read_json(root / "vae" / "config.json")
     if vae:
@@ -131,7 +133,7 @@ def model_card(
         training_table=_table(training_rows),
         evaluation=evaluation_section(records),
         sample=sample,
-        example_labels=repr(labels[:3]) if labels else "[0, 1, 2]",
+        example_labels=json.dumps(labels[:3]) if labels else "[0, 1, 2]",
         example_prompt=json.dumps(prompts[0]),
         num_frames=transformer.get("sample_frames", 8),
     )

@@ -88,7 +88,9 @@ class VideoDiTBlock(nn.Module):
     ) -> torch.Tensor:
         # x: (B, F·S, D); condition: (B, D); temporal_pos: (1, F, 1, D); context: (B, L, D); context_mask: (B, L).
         # With a `FeatureCache` the attention, cross-attention and MLP outputs may come from an earlier step (FORA).
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(condition)[:, None].chunk(6, -1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(condition)[:, None].chunk(
+            6, -1
+        )
         first = Mixing.SPACE if self.mixing is Mixing.SPACE_THEN_TIME else self.mixing
 
         def attention():
@@ -104,7 +106,9 @@ class VideoDiTBlock(nn.Module):
 
             x = torch.addcmul(x, cache.fetch((index, "temporal_attn"), temporal_attention), gate_t)
         if self.cross_attn is not None:
-            cross = cache.fetch((index, "cross_attn"), lambda: self.cross_attn(self.norm_cross(x), context, context_mask))
+            cross = cache.fetch(
+                (index, "cross_attn"), lambda: self.cross_attn(self.norm_cross(x), context, context_mask)
+            )
             x = x + cross
         mlp = cache.fetch((index, "mlp"), lambda: self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
         return torch.addcmul(x, mlp, gate_mlp)

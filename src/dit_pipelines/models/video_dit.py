@@ -135,7 +135,9 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
         """The image DiT's initialisation (`initialize_dit_weights`); the cross-attention outputs start at zero too
         (as in PixArt-α), and so does the pooled-text embedder's output, so that `from_image_dit` still holds."""
         text = self.config.conditioning == "text"
-        first = [self.caption_projection[0], self.caption_projection[2]] if text else [self.class_embedder.embedding_table]
+        first = (
+            [self.caption_projection[0], self.caption_projection[2]] if text else [self.class_embedder.embedding_table]
+        )
         zero = [self.final_layer.modulation, self.final_layer.linear]
         if self.config.pooled_text_conditioning and text:
             zero.append(self.pooled_text_embedder[2])
@@ -163,11 +165,22 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
         if conditioning == "text" and not dit.has_null_class:
             raise ValueError("A text-conditioned video DiT starts from the image DiT's null class, which it lacks.")
         video = cls(
-            sample_size=c.sample_size, patch_size=c.patch_size, temporal_patch_size=1, in_channels=c.in_channels,
-            hidden_size=c.hidden_size, depth=c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio,
-            attention_layout=attention_layout, conditioning=conditioning, num_classes=c.num_classes,
-            class_dropout_prob=c.class_dropout_prob, learn_sigma=c.learn_sigma,
-            timestep_freq_shift=c.timestep_freq_shift, mlp_norm_eps=c.mlp_norm_eps, **config,
+            sample_size=c.sample_size,
+            patch_size=c.patch_size,
+            temporal_patch_size=1,
+            in_channels=c.in_channels,
+            hidden_size=c.hidden_size,
+            depth=c.depth,
+            num_heads=c.num_heads,
+            mlp_ratio=c.mlp_ratio,
+            attention_layout=attention_layout,
+            conditioning=conditioning,
+            num_classes=c.num_classes,
+            class_dropout_prob=c.class_dropout_prob,
+            learn_sigma=c.learn_sigma,
+            timestep_freq_shift=c.timestep_freq_shift,
+            mlp_norm_eps=c.mlp_norm_eps,
+            **config,
         )
         with torch.no_grad():
             video.patch_embed.weight.copy_(dit.patch_embed.weight[:, :, None])

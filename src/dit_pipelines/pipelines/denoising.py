@@ -112,7 +112,9 @@ class GuidedDenoising:
         def cast(kwargs):  # conditioning features in the transformer's dtype; labels and masks as they are
             return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in kwargs.items()}
 
-        guided_kwargs = cast({k: torch.cat([v, unconditional[k]]) for k, v in conditional.items()}) if do_guidance else {}
+        guided_kwargs = (
+            cast({k: torch.cat([v, unconditional[k]]) for k, v in conditional.items()}) if do_guidance else {}
+        )
         conditional = cast(conditional)
         low, high = guidance_interval or (0, float("inf"))
         extra_step_kwargs = step_kwargs(self.scheduler, eta=eta, generator=generator)

@@ -13,9 +13,9 @@ from .gaussian_diffusion import (
     TIMESTEP_SPACINGS,
     VARIANCE_TYPES,
     GaussianDiffusion,
+    inference_timesteps,
     make_betas,
     timesteps_from_respacing,
-    inference_timesteps,
 )
 from .losses import DiffusionLoss, diffusion_loss
 

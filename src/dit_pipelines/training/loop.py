@@ -30,7 +30,9 @@ def make_accelerator(config: TrainingConfig) -> Accelerator:
         gradient_accumulation_steps=config.optimization.gradient_accumulation_steps,
         mixed_precision=config.optimization.mixed_precision,
         log_with=None if run.report_to == "none" else run.report_to,
-        project_config=ProjectConfiguration(project_dir=run.output_dir, logging_dir=os.path.join(run.output_dir, "logs")),
+        project_config=ProjectConfiguration(
+            project_dir=run.output_dir, logging_dir=os.path.join(run.output_dir, "logs")
+        ),
     )
     logging.basicConfig(level=logging.WARNING)
     logger.setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
@@ -62,7 +64,7 @@ def train(
     dataset: Dataset,
     loss_fn: Callable,
     validate: Optional[Callable] = None,
-    save_pipeline: Optional[Callable] = None,
+    make_pipeline: Optional[Callable] = None,
     run_name: str = "train",
     hyperparameters: Optional[dict] = None,
 ) -> int:
@@ -70,8 +72,8 @@ def train(
 
     - `loss_fn(model, batch)` returns a `DiffusionLoss` (per-sample terms) for one batch;
     - `validate(model, step)` runs on the main process every `run.validation_steps`, with the EMA weights loaded;
-    - `save_pipeline(model)` runs on the main process at the end, with the EMA weights loaded, and saves the
-      pipeline into `run.output_dir` (then pushed with `hub.push_to_hub`);
+    - `make_pipeline(model)` runs on the main process at the end, with the EMA weights loaded: the pipeline it
+      returns is saved into `run.output_dir` (and pushed with `hub.push_to_hub`);
     - `hyperparameters` (all the script's options) go to the trackers and to `training_args.json` beside the
       saved pipeline, which its model card reports.
     The resume path is checked before any work; trainable parameters are those with `requires_grad`, so a frozen
@@ -174,10 +176,10 @@ def train(
     progress.close()
 
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process and save_pipeline is not None:
+    if accelerator.is_main_process and make_pipeline is not None:
         ema.copy_to(unwrapped.parameters())
         unwrapped.eval()
-        save_pipeline(unwrapped)
+        make_pipeline(unwrapped).save_pretrained(run.output_dir)
         save_training_args(run.output_dir, hyperparameters)
         logger.info("Saved the pipeline to %s", run.output_dir)
         if config.hub.push_to_hub:
