@@ -156,10 +156,13 @@ def main(args) -> str:
     num_frames, frame_size = video.shape[1], video.shape[2]
     vae = AutoencoderKL.from_pretrained(args.vae).to(device).eval() if args.vae else None
     factor = vae_scale_factor(vae)
-    if frame_size % (factor * args.patch_size) or video.shape[3] != frame_size:
+    patch = args.patch_size
+    if args.init_from_image_dit:
+        patch = DiTModel.load_config(transformer_folder(args.init_from_image_dit))["patch_size"]
+    if frame_size % (factor * patch) or video.shape[3] != frame_size:
         raise ValueError(
-            f"Frames must be square with a side that is a multiple of {factor * args.patch_size}, "
-            f"got {frame_size}x{video.shape[3]}."
+            f"Frames must be square with a side that is a multiple of {factor * patch} (VAE factor {factor} x patch "
+            f"size {patch}), got {frame_size}x{video.shape[3]}."
         )
     inputs = encode_clip_posteriors(vae, video, device) if vae and args.precompute_latents else {"video": video}
     channels = vae.config.latent_channels if vae else 1

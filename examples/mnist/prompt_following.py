@@ -127,7 +127,7 @@ def card_record(result: dict, sample: str) -> EvaluationRecord:
         Metric("the same measures on real clips: direction", real["direction_accuracy"], "{:.1%}"),
     ]
     keys = ("clips", "guidance_scale", "scheduler", "num_inference_steps", "cache_interval")
-    settings = {"prompts": "held-out (digit, direction) pairs", **{k: result[k] for k in keys}}
+    settings = {"prompts": "held-out (digit, direction) pairs", **{k: result[k] for k in keys if result[k] is not None}}
     description = (
         "Measured with `examples/mnist/prompt_following.py` of dit_pipelines on the (digit, direction) prompts held "
         "out of training: a classifier trained on the real MNIST digits reads every frame (cropped around the "

@@ -1,8 +1,6 @@
 """The sandbox's text-to-video data: Moving-MNIST clips generated from the real MNIST digits, saved as the
 `datasets` folder `training/train_video_dit.py --dataset` reads (video, caption, caption_parts, image_caption)."""
 
-import os
-
 import numpy as np
 
 from .mnist_data import load_mnist
@@ -40,9 +38,9 @@ def make_clips(args, split: str = "train"):
 
 
 def save_clips(args, folder: str) -> str:
-    """`make_clips(args)` saved with `save_to_disk` into `folder` (made once; returns `folder`)."""
-    if not os.path.exists(os.path.join(folder, "dataset_info.json")):
-        make_clips(args).save_to_disk(folder)
+    """`make_clips(args)` saved with `save_to_disk` into `folder`, replacing what a run with other options left
+    there (10,000 clips take a few seconds). Returns `folder`."""
+    make_clips(args).save_to_disk(folder)
     return folder
 
 

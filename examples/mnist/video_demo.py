@@ -8,7 +8,7 @@ them and write a GIF.
 The clips are saved as a `datasets` folder and the small T5 as tokenizer/ + text_encoder/ folders, which
 `training/train_video_dit.py` then trains on exactly as on a user's own clips and pretrained T5.
 
-The held-out prompts ("the digit 0 moves up", "the digit 1 moves down and to the right", ...: one direction per
+The held-out prompts ("the digit 0 moves up", "the digit 1 moves right", ...: one direction per
 digit, `held_out_pairs()`) never occur in training; every other (digit, direction) pair does.
 
 The recipe, latent video diffusion as in Latte and Open-Sora, scaled to the budget:

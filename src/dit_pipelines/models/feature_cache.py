@@ -4,7 +4,7 @@ Between two nearby steps of a sampling chain the attention and MLP outputs of a 
 computes them every `interval` model calls and reuses them in between, where a block then costs only its adaLN map:
 x + gate_msa(t) * attn_cached, x + gate_mlp(t) * mlp_cached (the gates are recomputed for the current timestep).
 A reuse call skips every attention and MLP, so the transformer's cost drops by about `interval`x; the effect on
-sample quality is measured by `benchmarks/sample_quality.py --cache_interval`. The price is memory: two to four
+sample quality is measured in `benchmarks/RESULTS.md`. The price is memory: two to four
 (N, T, D) tensors a block (about 1 GB for a guided DiT-XL/2 batch of 8).
 """
 

@@ -177,7 +177,7 @@ class DiTImagePipeline(GuidedDenoising, DiffusionPipeline):
             cache_interval (`int`, *optional*): feature caching (FORA, Selvaraju et al., 2024), off by default: the
                 transformer's blocks compute their attention and MLP outputs at every `cache_interval`-th step only
                 and reuse them in between, about `cache_interval`x less transformer work for an approximation
-                (`benchmarks/sample_quality.py --cache_interval` measures its effect). 1 or `None`: exact sampling.
+                (its effect on sample quality is in `benchmarks/RESULTS.md`). 1 or `None`: exact sampling.
 
         Returns:
             `ImagePipelineOutput` with `images`, or the tuple `(images,)`.

@@ -210,7 +210,7 @@ class DiTTextToVideoPipeline(GuidedDenoising, DiffusionPipeline):
             guidance_interval (`(int, int)`, *optional*): guide only at timesteps `low <= t <= high`.
             cache_interval (`int`, *optional*): feature caching (FORA), off by default: the blocks compute their
                 attention, cross-attention and MLP outputs at every `cache_interval`-th step only and reuse them in
-                between (`benchmarks/video_prompt_following.py --cache_interval` measures the effect).
+                between (its effect on prompt following is in `benchmarks/RESULTS.md`).
 
         Returns:
             `DiTVideoPipelineOutput` with `frames`, or the tuple `(frames,)`.
