@@ -60,22 +60,8 @@ def tiny_args(dataset, output_dir, *extra):
         dataset,
         "--output_dir",
         str(output_dir),
-        "--preset",
-        "DiT-S/4",
-        "--hidden_size",
-        "32",
-        "--depth",
-        "2",
-        "--num_heads",
-        "2",
-        "--train_batch_size",
-        "8",
-        "--learning_rate",
-        "1e-3",
-        "--sampling_respacing",
-        "4",
-        "--num_inference_steps",
-        "3",
+        *"--preset DiT-S/4 --hidden_size 32 --depth 2 --num_heads 2 --train_batch_size 8 --learning_rate 1e-3".split(),
+        *"--sampling_respacing 4 --num_inference_steps 3".split(),
         *extra,
     ]
 
@@ -85,22 +71,8 @@ def weights(folder):
 
 
 def test_tiny_run_saves_a_loadable_pipeline(bars, tmp_path):
-    out = main(
-        parse_args(
-            tiny_args(
-                bars,
-                tmp_path / "run",
-                "--max_train_steps",
-                "4",
-                "--validation_steps",
-                "4",
-                "--checkpointing_steps",
-                "2",
-                "--checkpoints_total_limit",
-                "1",
-            )
-        )
-    )
+    options = "--max_train_steps 4 --validation_steps 4 --checkpointing_steps 2 --checkpoints_total_limit 1"
+    out = main(parse_args(tiny_args(bars, tmp_path / "run", *options.split())))
     pipe = DiffusionPipeline.from_pretrained(out)
     assert isinstance(pipe, DiTImagePipeline) and pipe.id2label == {0: "h", 1: "v", 2: "d"}
     assert pipe.transformer.config.in_channels == 1 and pipe.transformer.config.learn_sigma
@@ -162,10 +134,7 @@ def test_latent_training_with_precomputed_latents(bars, tmp_path):
                 "3",
                 "--vae",
                 vae,
-                "--precompute_latents",
-                "--random_flip",
-                "--patch_size",
-                "2",
+                *"--precompute_latents --random_flip --patch_size 2".split(),
             )
         )
     )
@@ -182,17 +151,8 @@ def test_two_process_cpu_run_completes_and_saves_once(bars, tmp_path):
     # unless MPI is installed); ACCELERATE_USE_CPU=1 keeps them on the CPU, with gloo.
     command = [
         sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *"-m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1".split(),
+        *"--mixed_precision no --dynamo_backend no".split(),
         SCRIPT,
         *tiny_args(bars, tmp_path / "ddp", "--max_train_steps", "3", "--checkpointing_steps", "2"),
     ]
@@ -268,27 +228,9 @@ def test_error_vae_latent_channels_do_not_match_the_model(bars, tmp_path):
 
 
 def test_mixed_precision_accumulation_checkpointing_and_clipping(bars, tmp_path):
-    out = main(
-        parse_args(
-            tiny_args(
-                bars,
-                tmp_path / "mp",
-                "--max_train_steps",
-                "2",
-                "--mixed_precision",
-                "bf16",
-                "--gradient_accumulation_steps",
-                "2",
-                "--gradient_checkpointing",
-                "--max_grad_norm",
-                "1.0",
-                "--lr_scheduler",
-                "cosine",
-                "--lr_warmup_steps",
-                "1",
-            )
-        )
-    )
+    options = "--max_train_steps 2 --mixed_precision bf16 --gradient_accumulation_steps 2 --gradient_checkpointing "
+    options += "--max_grad_norm 1.0 --lr_scheduler cosine --lr_warmup_steps 1"
+    out = main(parse_args(tiny_args(bars, tmp_path / "mp", *options.split())))
     state = json.loads((tmp_path / "mp" / "checkpoint-2" / "training_state.json").read_text())
     assert state["global_step"] == 2
     assert DiffusionPipeline.from_pretrained(out).transformer.dtype == torch.float32
@@ -305,3 +247,17 @@ def test_preloaded_and_streamed_images_are_the_same(bars, monkeypatch):
     for i in (0, 17, 47):
         assert torch.equal(preloaded[i]["pixels"], streamed[i]["pixels"])
         assert preloaded[i]["label"] == streamed[i]["label"] == i % 3
+
+
+@pytest.mark.parametrize("dropout_prob, null_class_trains", [(0.5, True), (1e-9, False)])
+def test_the_loss_drops_labels_to_the_null_class_at_class_dropout_prob(bars, tmp_path, dropout_prob, null_class_trains):
+    """Label dropout moved from the model to the training loss: the null class's embedding gets gradients (and
+    moves) only when labels are dropped; with a null class that is never drawn its row stays as initialised."""
+    options = f"--max_train_steps 3 --checkpointing_steps 1 --class_dropout_prob {dropout_prob}".split()
+    main(parse_args(tiny_args(bars, tmp_path / "run", *options)))
+
+    def null_row(step):
+        raw = load_file(str(tmp_path / "run" / f"checkpoint-{step}" / "model.safetensors"))
+        return raw["class_embedder.embedding_table.weight"][3]  # 3 classes: the null class is index 3
+
+    assert torch.equal(null_row(1), null_row(3)) is not null_class_trains

@@ -81,20 +81,22 @@ def build_model(args, in_channels: int, sample_size: int, num_classes: int) -> D
     )
 
 
-def sample_grid(pipe, num_classes, args, accelerator, step):
-    """A class-conditional grid (one row per class, up to 10) from `pipe`, saved as a PNG and logged."""
+def sample_grid(pipe, num_classes: int, columns: int, config: TrainingConfig, accelerator, step: int) -> str:
+    """A class-conditional grid (one row per class, up to 10; `columns` samples each) from `pipe`, saved as a PNG
+    and logged."""
+    run = config.run
     pipe = DiTImagePipeline(pipe.transformer, DiTDDPMScheduler.from_config(pipe.scheduler.config), vae=pipe.vae)
     pipe.set_progress_bar_config(disable=True)
     classes = list(range(min(10, num_classes)))
     images = pipe(
         classes,
-        num_images_per_prompt=args.validation_images_per_class,
-        guidance_scale=args.guidance_scale,
-        num_inference_steps=args.num_inference_steps,
-        generator=torch.Generator().manual_seed(args.seed),
+        num_images_per_prompt=columns,
+        guidance_scale=run.guidance_scale,
+        num_inference_steps=run.num_inference_steps,
+        generator=torch.Generator().manual_seed(config.optimization.seed),
     ).images
-    grid = make_image_grid(images, rows=len(classes), cols=args.validation_images_per_class)
-    path = os.path.join(args.output_dir, "validation", f"step-{step}.png")
+    grid = make_image_grid(images, rows=len(classes), cols=columns)
+    path = os.path.join(run.output_dir, "validation", f"step-{step}.png")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     grid.save(path)
     for tracker in accelerator.trackers:
@@ -105,9 +107,10 @@ def sample_grid(pipe, num_classes, args, accelerator, step):
 
 def main(args) -> str:
     config = TrainingConfig.from_arguments(args)
+    objective, run = config.objective, config.run
     data_config = from_arguments(ImageDataConfig, args)
     accelerator = make_accelerator(config)
-    resolve_resume_path(args.output_dir, args.resume_from_checkpoint)  # fail before any work
+    resolve_resume_path(run.output_dir, run.resume_from_checkpoint)  # fail before any work
 
     # Data and model.
     vae = AutoencoderKL.from_pretrained(args.vae).to(accelerator.device).eval() if args.vae else None
@@ -118,30 +121,30 @@ def main(args) -> str:
     patch_size = args.patch_size or DIT_PRESETS[args.preset]["patch_size"]
     if args.init_from:
         patch_size = DiTModel.load_config(transformer_folder(args.init_from))["patch_size"]
-    data = build_training_images(dataset, data_config, vae, args.vae, patch_size, args.output_dir, accelerator)
+    data = build_training_images(dataset, data_config, vae, args.vae, patch_size, run.output_dir, accelerator)
     model = build_model(args, data.channels, data.sample_size, len(names))
-    noise_scheduler = noise_scheduler_for(config.objective, config.run, model.config.learn_sigma)
+    noise_scheduler = noise_scheduler_for(objective, run, model.config.learn_sigma)
     # classifier-free guidance: labels dropped to the null class ("no label") at the model's class_dropout_prob
     null_class, label_dropout_prob = model.config.num_classes, model.config.class_dropout_prob
 
     def loss_fn(model, batch):
         x0, labels = data.to_model_input(batch, accelerator.device)
         noise = torch.randn_like(x0)
-        t = torch.randint(0, args.num_train_timesteps, (x0.shape[0],), device=x0.device)
-        labels = drop_labels(labels, torch.rand(len(labels)), label_dropout_prob, null_class)
+        t = torch.randint(0, objective.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        labels = drop_labels(labels, torch.rand(len(labels), device=labels.device), label_dropout_prob, null_class)
         output = model(noise_scheduler.add_noise(x0, noise, t), t, labels).sample
-        return noise_scheduler.training_loss(output.float(), x0, noise, t, vlb_weight=args.vlb_weight)
+        return noise_scheduler.training_loss(output.float(), x0, noise, t, vlb_weight=objective.vlb_weight)
 
     def pipeline(model):
-        scheduler = sampling_scheduler_for(config.run, noise_scheduler)
+        scheduler = sampling_scheduler_for(run, noise_scheduler)
         return DiTImagePipeline(model, scheduler, vae=vae, id2label=dict(enumerate(names)))
 
     def validate(model, step):
-        sample_grid(pipeline(model), len(names), args, accelerator, step)
+        sample_grid(pipeline(model), len(names), args.validation_images_per_class, config, accelerator, step)
 
     hyperparameters = vars(args)
     train(accelerator, config, model, data.dataset, loss_fn, validate, pipeline, "train_dit", hyperparameters)
-    return args.output_dir
+    return run.output_dir
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ def parse_args(argv=None):
         "--image_batch_size",
         type=int,
         default=0,
-        help="joint image-video training: N single frames per step too, captioned by `image_caption`",
+        help="joint image-video training: N single frames per step too, captioned by the `image_caption` column "
+        "(the clip's caption where the data has none)",
     )
     model = p.add_argument_group("model")
     model.add_argument("--hidden_size", type=int, default=64)
@@ -69,7 +70,11 @@ def parse_args(argv=None):
         action="store_true",
         help="the caption's mean T5 token also conditions adaLN (with the timestep)",
     )
-    model.add_argument("--init_from_image_dit", default=None, help="a DiTModel (or DiTImagePipeline) folder")
+    model.add_argument(
+        "--init_from_image_dit",
+        default=None,
+        help="a DiTModel (or DiTImagePipeline) folder; its size and patch then replace the options above",
+    )
     model.add_argument(
         "--train_temporal_only",
         action="store_true",
@@ -89,7 +94,10 @@ def parse_args(argv=None):
     )
     add_training_arguments(p)
     p.add_argument("--validation_prompts", nargs="*", default=None, help="default: the dataset's first 4 captions")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.train_temporal_only and not args.init_from_image_dit:
+        p.error("--train_temporal_only freezes the layers copied from --init_from_image_dit; pass that too")
+    return args
 
 
 def build_model(args, in_channels, sample_size, sample_frames, text_dim) -> VideoDiTModel:
@@ -139,8 +147,9 @@ class Clips(torch.utils.data.Dataset):
 
 def main(args) -> str:
     config = TrainingConfig.from_arguments(args)
+    objective, run = config.objective, config.run
     accelerator = make_accelerator(config)
-    resolve_resume_path(args.output_dir, args.resume_from_checkpoint)
+    resolve_resume_path(run.output_dir, run.resume_from_checkpoint)
     device = accelerator.device
     clips = load_video_dataset(args.dataset, args.split)
     if args.max_train_samples:
@@ -149,6 +158,7 @@ def main(args) -> str:
     parts = list(clips["caption_parts"]) if "caption_parts" in clips.column_names else None
     image_captions = list(clips["image_caption"]) if "image_caption" in clips.column_names else captions
     tokenizer, text_encoder = load_text_encoder(args.text_encoder)
+    tokenizer.model_max_length = args.max_sequence_length  # the saved pipeline pads prompts as training did
     every_caption = captions + image_captions + [p for row in parts or [] for p in row]
     table = CaptionTable(tokenizer, text_encoder, every_caption, args.max_sequence_length)
 
@@ -167,7 +177,7 @@ def main(args) -> str:
     inputs = encode_clip_posteriors(vae, video, device) if vae and args.precompute_latents else {"video": video}
     channels = vae.config.latent_channels if vae else 1
     model = build_model(args, channels, frame_size // factor, num_frames, text_encoder.config.d_model)
-    noise_scheduler = noise_scheduler_for(config.objective, config.run, model.config.learn_sigma)
+    noise_scheduler = noise_scheduler_for(objective, run, model.config.learn_sigma)
     dataset = Clips(inputs, table.ids(captions), table.part_ids(captions, parts), table.ids(image_captions))
 
     def latents(batch):
@@ -183,11 +193,11 @@ def main(args) -> str:
         )
         states, mask = table.lookup(ids, device)
         noise = torch.randn_like(x0)
-        t = torch.randint(0, args.num_train_timesteps, (len(x0),), device=device)
+        t = torch.randint(0, objective.num_train_timesteps, (len(x0),), device=device)
         output = model(
             noise_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=states, encoder_attention_mask=mask
         ).sample
-        return noise_scheduler.training_loss(output.float(), x0, noise, t, vlb_weight=args.vlb_weight)
+        return noise_scheduler.training_loss(output.float(), x0, noise, t, vlb_weight=objective.vlb_weight)
 
     def loss_fn(model, batch):
         x0 = latents(batch)
@@ -204,7 +214,7 @@ def main(args) -> str:
         return losses
 
     def pipeline(model):
-        scheduler = sampling_scheduler_for(config.run, noise_scheduler)
+        scheduler = sampling_scheduler_for(run, noise_scheduler)
         return DiTTextToVideoPipeline(tokenizer, text_encoder, model, scheduler, vae=vae)
 
     prompts = args.validation_prompts or list(dict.fromkeys(captions))[:4]
@@ -214,19 +224,19 @@ def main(args) -> str:
         pipe.set_progress_bar_config(disable=True)
         frames = pipe(
             prompts,
-            num_inference_steps=args.num_inference_steps,
-            guidance_scale=args.guidance_scale,
+            num_inference_steps=run.num_inference_steps,
+            guidance_scale=run.guidance_scale,
             output_type="pil",
-            generator=torch.Generator().manual_seed(args.seed),
+            generator=torch.Generator().manual_seed(config.optimization.seed),
         ).frames
-        folder = os.path.join(args.output_dir, "validation")
+        folder = os.path.join(run.output_dir, "validation")
         os.makedirs(folder, exist_ok=True)
         strip = [make_image_grid([clip[f] for clip in frames], rows=1, cols=len(frames)) for f in range(len(frames[0]))]
         export_to_gif(strip, os.path.join(folder, f"step-{step}.gif"), fps=4)
 
-    hyperparameters = vars(args)
+    hyperparameters = {**vars(args), "validation_prompts": prompts}  # the card's usage example
     train(accelerator, config, model, dataset, loss_fn, validate, pipeline, "train_video_dit", hyperparameters)
-    return args.output_dir
+    return run.output_dir
 
 
 if __name__ == "__main__":

@@ -48,12 +48,13 @@ RECIPE = (
     "--attention_layout full --pooled_text_conditioning --prediction_type v_prediction --train_batch_size 32 "
     "--max_train_steps 3800 --learning_rate 2e-3 --lr_scheduler constant_with_warmup --lr_warmup_steps 200 "
     "--ema_decay 0.999 --ema_warmup --checkpointing_steps 1000 --checkpoints_total_limit 1 --validation_steps 0 "
-    "--sampling_scheduler ddim --sampling_respacing 50 --max_sequence_length 24"
+    "--sampling_scheduler ddim --sampling_respacing 50"
 ).split()
 SMOKE_DATA = ["--num_clips", "400"]
 VAE_SMOKE = SMOKE_DATA + ["--max_train_steps", "5"]
 SMOKE = ["--max_train_steps", "10", "--checkpointing_steps", "5", "--sampling_respacing", "5"]
 T5_WIDTH = 64  # the small T5's d_model
+MAX_TOKENS = 24  # caption tokens: the longest caption ("the digit 8 moves up and to the left ...") fits
 
 
 def clip_args(argv):
@@ -85,10 +86,12 @@ def main(args) -> dict:
     data = DATA + (SMOKE_DATA if args.smoke else []) + seed
     start = time.perf_counter()
     clips_dir = save_clips(clip_args(data), base + "-clips")
-    t5_dir = save_small_t5(base + "-t5", every_caption(load_video_dataset(clips_dir)), T5_WIDTH, 24, args.seed)
-    train_vae(vae_args(VAE_RECIPE + (VAE_SMOKE if args.smoke else []) + ["--output_dir", vae_dir] + seed))
+    t5_dir = save_small_t5(base + "-t5", every_caption(load_video_dataset(clips_dir)), T5_WIDTH, MAX_TOKENS, args.seed)
+    vae_run = ["--dataset", clips_dir, "--output_dir", vae_dir]
+    train_vae(vae_args(VAE_RECIPE + (VAE_SMOKE if args.smoke else []) + vae_run + seed))
     vae_minutes = (time.perf_counter() - start) / 60
     run = ["--dataset", clips_dir, "--text_encoder", t5_dir, "--vae", vae_dir, "--output_dir", args.output_dir]
+    run += ["--max_sequence_length", str(MAX_TOKENS)]
     output_dir = train(train_args(RECIPE + (SMOKE if args.smoke else []) + run + seed))
     minutes = (time.perf_counter() - start) / 60
     print(f"Trained in {minutes:.1f} min (VAE {vae_minutes:.1f} min, video DiT {minutes - vae_minutes:.1f} min)")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from .evaluation.record import EvaluationRecord
+from .latents import downsampling_factor
 
 #: never uploaded: resumable training state, logs, temporary files, the validation samples of every N steps
 IGNORE_PATTERNS = [
@@ -56,6 +57,11 @@ def _hub_repo_id(value) -> Optional[str]:
     if isinstance(value, str) and not os.path.exists(value) and value.count("/") == 1 and value[0] not in "./~":
         return value
     return None
+
+
+def _local_path_hidden(value):
+    """An absolute local path shown by its last part (a card should not publish the trainer's home folder)."""
+    return f".../{os.path.basename(value.rstrip('/'))}" if isinstance(value, str) and os.path.isabs(value) else value
 
 
 def evaluation_section(records: List[EvaluationRecord]) -> str:
@@ -116,11 +122,15 @@ def model_card(
     model_rows = [(k, transformer[k]) for k in model_keys if k in transformer]
     vae = _read_json(root / "vae" / "config.json")
     if vae:
-        factor = 2 ** (len(vae["block_out_channels"]) - 1)
+        factor = downsampling_factor(vae["block_out_channels"])
         model_rows.append(("vae", f"{vae['_class_name']}, f = {factor}, {vae['latent_channels']} latent channels"))
     sampler_rows = [("scheduler", scheduler.get("_class_name"))]
     sampler_rows += [(k, scheduler[k]) for k in SCHEDULER_KEYS if k in scheduler]
-    training_rows = [(k, v) for k, v in sorted(training.items()) if k not in UNREPORTED and v not in (None, False, [])]
+    training_rows = [
+        (k, _local_path_hidden(v))
+        for k, v in sorted(training.items())
+        if k not in UNREPORTED and v not in (None, False, [])
+    ]
     labels = [v for _, v in sorted((index.get("id2label") or {}).items(), key=lambda kv: int(kv[0]))]
     prompts = training.get("validation_prompts") or ["a description of the clip"]
     return ModelCard.from_template(

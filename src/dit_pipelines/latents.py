@@ -18,9 +18,14 @@ def signed_to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     return ((pixels + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
+def downsampling_factor(block_out_channels) -> int:
+    """How much an `AutoencoderKL` with these encoder levels shrinks each side: 2 per level after the first."""
+    return 2 ** (len(block_out_channels) - 1)
+
+
 def vae_scale_factor(vae) -> int:
-    """How much the `AutoencoderKL` shrinks each side (2 per level after the first); 1 without a VAE."""
-    return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+    """How much `vae` shrinks each side (`downsampling_factor` of its levels); 1 without a VAE."""
+    return downsampling_factor(vae.config.block_out_channels) if vae is not None else 1
 
 
 def scale_latents(latents: torch.Tensor, vae_config) -> torch.Tensor:

@@ -54,8 +54,9 @@ class DiTModel(ModelMixin, ConfigMixin):
         hidden_size (`int`, defaults to 1152), depth (`int`, defaults to 28), num_heads (`int`, defaults to 16):
             transformer width, number of blocks, attention heads.
         mlp_ratio (`float`, defaults to 4.0): MLP hidden width over `hidden_size`.
-        class_dropout_prob (`float`, defaults to 0.1): probability, per training sample, of replacing the label by
-            the null class (classifier-free guidance). With 0 there is no null class and no guidance.
+        class_dropout_prob (`float`, defaults to 0.1): the probability, per training sample, with which the training
+            loss replaces the label by the null class (classifier-free guidance; `dit_pipelines.training.drop_labels`,
+            never the model itself). With 0 there is no null class and no guidance.
         num_classes (`int`, defaults to 1000): number of classes (the null class is extra).
         learn_sigma (`bool`, defaults to `True`): predict the variance too (Improved DDPM); the output then has
             `2 * in_channels` channels: the prediction, then the variance interpolation values.

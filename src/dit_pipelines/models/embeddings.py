@@ -76,7 +76,6 @@ class LabelEmbedder(nn.Module):
     def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
         super().__init__()
         self.num_classes = num_classes
-        self.dropout_prob = dropout_prob
         self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), hidden_size)
 
     @property

@@ -191,25 +191,30 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
                 video.class_embedder.load_state_dict(dit.class_embedder.state_dict())
             else:
                 video.timestep_embedder.mlp[2].bias += dit.class_embedder.embedding_table.weight[c.num_classes]
-            spatial = video.blocks[::2] if attention_layout == "interleaved" else video.blocks
-            for target, source in zip(spatial, dit.blocks):  # temporal layers and modulations stay zero
+            for target, source in zip(video.spatial_blocks(), dit.blocks):  # temporal layers and modulations stay zero
                 for name in ("attn", "mlp", "modulation"):
                     getattr(target, name).load_state_dict(getattr(source, name).state_dict())
         return video
+
+    def spatial_blocks(self) -> List[VideoDiTBlock]:
+        """The blocks whose first attention is over space (all but the interleaved layout's temporal blocks): what
+        an image DiT's blocks map to, one for one."""
+        return [block for block in self.blocks if block.mixing is not Mixing.TIME]
 
     def image_layers(self) -> List[nn.Module]:
         """The layers `from_image_dit` copies from an image DiT (patch embedding, timestep and class embedders, the
         spatial blocks' attention, MLP and modulation, the final layer): what `freeze_image_layers` freezes."""
         layers = [self.patch_embed, self.timestep_embedder, self.final_layer]
         layers += [self.class_embedder] if self.config.conditioning == "class" else []
-        spatial = [b for b in self.blocks if b.mixing is not Mixing.TIME]
-        return layers + [m for b in spatial for m in (b.attn, b.mlp, b.modulation)]
+        return layers + [m for b in self.spatial_blocks() for m in (b.attn, b.mlp, b.modulation)]
 
     def freeze_image_layers(self) -> None:
         """Train only what an image DiT lacks (as diffusers' `UNetMotionModel.freeze_unet2d_params`): the
         `image_layers()` get `requires_grad_(False)`; temporal blocks and attentions with their own modulations, the
         cross-attention, the caption projection and the pooled-text embedder stay trainable. A frozen parameter is
         then left out of the optimizer, so neither its gradient nor weight decay can move it."""
+        if self.config.attention_layout == "full":
+            raise ValueError("attention_layout='full' has no image layers: every block attends over space and time.")
         self.requires_grad_(True)
         for layer in self.image_layers():
             layer.requires_grad_(False)

@@ -44,8 +44,8 @@ class DiTTextToVideoPipeline(GuidedDenoising, DiffusionPipeline):
         >>> from diffusers.utils import export_to_gif
         >>> import dit_pipelines
         >>> pipe = DiffusionPipeline.from_pretrained("path/to/saved/pipeline")  # doctest: +SKIP
-        >>> frames = pipe("the digit 3 moves up", num_frames=8).frames[0]  # doctest: +SKIP
-        >>> export_to_gif(frames, "three.gif")  # doctest: +SKIP
+        >>> frames = pipe("a red ball bounces on a table", num_frames=8).frames[0]  # doctest: +SKIP
+        >>> export_to_gif(frames, "ball.gif")  # doctest: +SKIP
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"

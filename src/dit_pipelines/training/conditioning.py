@@ -25,7 +25,7 @@ def training_caption_ids(
 ) -> torch.Tensor:
     """The caption id each sample trains with, from one uniform draw `u` (N,) per sample: the empty caption `empty`
     when u < dropout_prob; on the next `part_dropout_prob`, one of the K parts of its caption (`part_ids` (N, K):
-    for example the digit alone and the motion alone, each taking an equal share); else the whole caption
+    for example what is seen alone and how it moves alone, each taking an equal share); else the whole caption
     (`caption_ids` (N,))."""
     num_parts = part_ids.shape[1]
     if part_dropout_prob:

@@ -16,7 +16,7 @@ import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 
 def option(default: Any, help: str, **argparse_kwargs) -> Any:
@@ -126,8 +126,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _inner_type(hint) -> type:
-    """`Optional[int]` -> int; `Sequence[int]` -> int (with nargs); a plain type as it is."""
-    arguments = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, Sequence, list, tuple) and arguments:
-        return arguments[0]
+    """`Optional[int]` -> int; a plain type as it is."""
+    if typing.get_origin(hint) is typing.Union:
+        return next(a for a in typing.get_args(hint) if a is not type(None))
     return hint

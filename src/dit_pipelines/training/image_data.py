@@ -33,8 +33,8 @@ class ImageDataConfig:
 
 
 class LabelledImages(Dataset):
-    """A `datasets` split as (image tensor in [-1, 1], class index) pairs. Small datasets (50,000 28x28 grayscale
-    images: 39 MB) are decoded and resized once into a uint8 tensor, so that a batch is a slice, not a loop."""
+    """A `datasets` split as (image tensor in [-1, 1], class index) pairs. Datasets whose resized images fit in
+    `PRELOAD_BYTES` are decoded and resized once into a uint8 tensor, so that a batch is a slice, not a loop."""
 
     def __init__(self, data, image_column, label_column, resolution, channels):
         self.data, self.image_column = data, image_column

@@ -79,7 +79,7 @@ def train(
     The resume path is checked before any work; trainable parameters are those with `requires_grad`, so a frozen
     parameter is not in the optimizer and neither its gradient nor weight decay moves it."""
     opt, run = config.optimization, config.run
-    hyperparameters = hyperparameters or {}
+    hyperparameters = {k: v for k, v in (hyperparameters or {}).items() if k != "hub_token"}  # never logged or saved
     resume = resolve_resume_path(run.output_dir, run.resume_from_checkpoint)
     if opt.gradient_checkpointing:
         model.enable_gradient_checkpointing()
