@@ -190,3 +190,29 @@ def test_a_run_with_caption_parts_saves_a_pipeline(clips, tmp_path):
     out = train_video(tmp_path / "run", clips, "--max_train_steps", "2", "--caption_part_dropout_prob", "0.5")
     pipe = DiffusionPipeline.from_pretrained(out)
     assert pipe.tokenizer.tokenize("a digit moves up") == ["▁a", "▁digit", "▁moves", "▁up"]  # part captions' words
+
+
+def test_color_clips_train_a_three_channel_model(clips, tmp_path):
+    """Clips stored as (F, H, W, C) train a C-channel model; (F, H, W) ones a one-channel model."""
+    import datasets
+    import numpy as np
+
+    from dit_pipelines.data import frames_as_tensor
+
+    gray = datasets.load_from_disk(clips[0]).select(range(16))
+    video = np.asarray(gray.with_format("numpy")["video"][:])  # (N, F, H, W)
+    color = np.stack([video, video // 2, 255 - video], axis=-1)  # (N, F, H, W, 3)
+    rows = {"video": color, "caption": list(gray["caption"])}
+    features = datasets.Features(
+        {"video": datasets.Array4D(shape=color.shape[1:], dtype="uint8"), "caption": datasets.Value("string")}
+    )
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "color"))
+    colored = datasets.load_from_disk(str(tmp_path / "color"))
+    assert frames_as_tensor(gray).shape == (16, 1, 8, 32, 32)
+    assert torch.equal(frames_as_tensor(colored)[:, 2], torch.from_numpy(255 - video))  # channels first
+
+    out = train_video(tmp_path / "run", (str(tmp_path / "color"), clips[1]), "--max_train_steps", "2")
+    pipe = DiffusionPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.transformer.config.in_channels == 3
+    assert pipe("the digit 3 moves up", generator=torch.manual_seed(0)).frames.shape == (1, 8, 32, 32, 3)

@@ -162,20 +162,22 @@ def main(args) -> str:
     every_caption = captions + image_captions + [p for row in parts or [] for p in row]
     table = CaptionTable(tokenizer, text_encoder, every_caption, args.max_sequence_length)
 
-    video = frames_as_tensor(clips)  # (N, F, H, W) uint8
-    num_frames, frame_size = video.shape[1], video.shape[2]
+    video = frames_as_tensor(clips)  # (N, C, F, H, W) uint8
+    pixel_channels, num_frames, frame_size, frame_width = video.shape[1:]
     vae = AutoencoderKL.from_pretrained(args.vae).to(device).eval() if args.vae else None
     factor = vae_scale_factor(vae)
     patch = args.patch_size
     if args.init_from_image_dit:
         patch = DiTModel.load_config(transformer_folder(args.init_from_image_dit))["patch_size"]
-    if frame_size % (factor * patch) or video.shape[3] != frame_size:
+    if frame_size % (factor * patch) or frame_width != frame_size:
         raise ValueError(
             f"Frames must be square with a side that is a multiple of {factor * patch} (VAE factor {factor} x patch "
-            f"size {patch}), got {frame_size}x{video.shape[3]}."
+            f"size {patch}), got {frame_size}x{frame_width}."
         )
+    if vae is not None and vae.config.in_channels != pixel_channels:
+        raise ValueError(f"The VAE takes {vae.config.in_channels}-channel frames; the clips have {pixel_channels}.")
     inputs = encode_clip_posteriors(vae, video, device) if vae and args.precompute_latents else {"video": video}
-    channels = vae.config.latent_channels if vae else 1
+    channels = vae.config.latent_channels if vae else pixel_channels
     model = build_model(args, channels, frame_size // factor, num_frames, text_encoder.config.d_model)
     noise_scheduler = noise_scheduler_for(objective, run, model.config.learn_sigma)
     dataset = Clips(inputs, table.ids(captions), table.part_ids(captions, parts), table.ids(image_captions))
@@ -183,7 +185,7 @@ def main(args) -> str:
     def latents(batch):
         if "mean" in batch:
             return sample_latents(batch["mean"].to(device), batch["std"].to(device), vae.config)
-        x = uint8_to_signed(batch["video"].to(device)).unsqueeze(1)  # (B, 1, F, H, W)
+        x = uint8_to_signed(batch["video"].to(device))  # (B, C, F, H, W)
         return x if vae is None else clips_first(encode_latents(vae, frames_first(x)), len(x))
 
     def diffusion_loss(model, x0, caption_ids, part_ids):

@@ -96,7 +96,7 @@ def real_clips(digits, directions, num_frames, frame_size, args):
             seed=args.seed + d,
             only={(d, w)},
         )
-        clips.append(frames_as_tensor(data).float() / 255)
+        clips.append(frames_as_tensor(data)[:, 0].float() / 255)  # (N, F, H, W): one channel
     return torch.cat(clips)
 
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from dit_pipelines.data import frames_as_tensor, load_video_dataset
 from dit_pipelines.latents import uint8_to_signed
+from dit_pipelines.training import frames_first
 
 from .video_data import add_moving_mnist_args, make_clips
 
@@ -58,7 +59,7 @@ def main(args) -> str:
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed, device_specific=True)
     clips = load_video_dataset(args.dataset) if args.dataset else make_clips(args)
-    frames = frames_as_tensor(clips).flatten(0, 1)  # (N*F, H, W) uint8
+    frames = frames_first(frames_as_tensor(clips))  # (N*F, 1, H, W) uint8
     held_out, frames = frames[:512], frames[512:]
     torch.manual_seed(args.seed)
     vae = make_vae(args, channels=1)
@@ -69,7 +70,7 @@ def main(args) -> str:
     progress = tqdm(range(args.max_train_steps), desc="train_vae", disable=not accelerator.is_local_main_process)
     for _ in progress:
         index = torch.randint(0, len(frames), (args.train_batch_size,))
-        x = uint8_to_signed(frames[index].to(device)).unsqueeze(1)
+        x = uint8_to_signed(frames[index].to(device))
         posterior = vae.encode(x).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         mse = torch.nn.functional.mse_loss(reconstruction, x)
@@ -83,7 +84,7 @@ def main(args) -> str:
     vae = accelerator.unwrap_model(vae).eval()
     if accelerator.is_main_process:
         with torch.no_grad():
-            x = uint8_to_signed(held_out.to(device)).unsqueeze(1)
+            x = uint8_to_signed(held_out.to(device))
             latents = vae.encode(x).latent_dist.mode()
             mse = torch.nn.functional.mse_loss(vae.decode(latents).sample.clamp(-1, 1), x).item()
         vae.register_to_config(scaling_factor=float(1.0 / latents.std()))

@@ -45,8 +45,8 @@ def clips_first(frames: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def encode_clip_posteriors(vae, video: torch.Tensor, device, batch_size: int = 256) -> Dict[str, torch.Tensor]:
-    """The latent cache of grayscale uint8 clips (N, F, H, W): posterior mean and std (N, C, F, h, w) of every frame,
+    """The latent cache of uint8 clips (N, C, F, H, W): posterior mean and std (N, C_latent, F, h, w) of every frame,
     encoded `batch_size` frames at a time."""
-    frames = rearrange(video, "n f h w -> (n f) 1 h w")
+    frames = frames_first(video)
     batches = (uint8_to_signed(frames[i : i + batch_size]) for i in range(0, len(frames), batch_size))
     return {key: clips_first(value, len(video)) for key, value in encode_posteriors(vae, batches, device).items()}
