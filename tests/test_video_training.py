@@ -216,3 +216,15 @@ def test_color_clips_train_a_three_channel_model(clips, tmp_path):
     pipe.set_progress_bar_config(disable=True)
     assert pipe.transformer.config.in_channels == 3
     assert pipe("the digit 3 moves up", generator=torch.manual_seed(0)).frames.shape == (1, 8, 32, 32, 3)
+
+
+def test_a_t5_loads_from_a_plain_folder_or_from_tokenizer_and_text_encoder_subfolders(clips, tmp_path):
+    from dit_pipelines.training import load_text_encoder
+
+    tokenizer, encoder = load_text_encoder(clips[1])  # tokenizer/ and text_encoder/, as a saved pipeline has
+    tokenizer.save_pretrained(tmp_path / "plain")
+    encoder.save_pretrained(tmp_path / "plain")
+    plain_tokenizer, plain_encoder = load_text_encoder(str(tmp_path / "plain"))
+    assert plain_tokenizer.tokenize("the digit 3 moves up") == tokenizer.tokenize("the digit 3 moves up")
+    assert not any(p.requires_grad for p in plain_encoder.parameters()) and not plain_encoder.training
+    assert all(torch.equal(a, b) for a, b in zip(plain_encoder.state_dict().values(), encoder.state_dict().values()))

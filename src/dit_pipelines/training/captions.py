@@ -14,7 +14,8 @@ def load_text_encoder(path: str) -> Tuple[object, torch.nn.Module]:
     sub-folders (a saved pipeline, PixArt-α's repos), or a plain T5 folder or repo ("google/t5-v1_1-xxl")."""
     from transformers import AutoTokenizer, T5EncoderModel
 
-    nested = os.path.isdir(os.path.join(path, "text_encoder")) or not os.path.isdir(path) and _has_subfolder(path)
+    local = os.path.isdir(path)
+    nested = os.path.isdir(os.path.join(path, "text_encoder")) if local else _has_subfolder(path)
     tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer" if nested else "")
     encoder = T5EncoderModel.from_pretrained(path, subfolder="text_encoder" if nested else "")
     return tokenizer, encoder.eval().requires_grad_(False)
