@@ -261,3 +261,52 @@ def test_the_loss_drops_labels_to_the_null_class_at_class_dropout_prob(bars, tmp
         return raw["class_embedder.embedding_table.weight"][3]  # 3 classes: the null class is index 3
 
     assert torch.equal(null_row(1), null_row(3)) is not null_class_trains
+
+
+def test_a_diverging_run_stops_with_an_error_and_saves_nothing_non_finite(bars, tmp_path):
+    from dit_pipelines.training.nonfinite import NonFiniteError, all_finite
+
+    options = "--learning_rate 1e6 --max_train_steps 40 --checkpointing_steps 2 --max_nonfinite_steps 2".split()
+    with pytest.raises(NonFiniteError, match="not finite for 3 steps in a row .* Last good checkpoint: .*checkpoint-"):
+        main(parse_args(tiny_args(bars, tmp_path / "nan", *options)))
+    saved = sorted((tmp_path / "nan").glob("checkpoint-*/model.safetensors"))
+    assert saved and all(all_finite(load_file(str(path)).values()) for path in saved)
+    assert not (tmp_path / "nan" / "model_index.json").exists()  # no pipeline saved, none pushed
+
+
+def test_a_non_finite_step_is_skipped_and_the_run_goes_on(tmp_path):
+    """A NaN loss at step 2 leaves the weights, the EMA and the learning-rate schedule as step 1 left them."""
+    from torch.utils.data import Dataset
+
+    from dit_pipelines import DiTModel
+    from dit_pipelines.training import RunConfig, TrainingConfig, make_accelerator, train
+    from dit_pipelines.training.config import OptimizationConfig
+
+    class Noise(Dataset):
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            return {"x": torch.randn(1, 4, 4, generator=torch.Generator().manual_seed(i))}
+
+    model = DiTModel(sample_size=4, patch_size=2, in_channels=1, hidden_size=16, depth=1, num_heads=2, num_classes=2)
+    optimization = OptimizationConfig(train_batch_size=4, max_train_steps=3, learning_rate=1e-2, ema_decay=0.5)
+    config = TrainingConfig(optimization=optimization, run=RunConfig(output_dir=str(tmp_path), checkpointing_steps=1))
+    calls, states = [], []
+
+    def loss_fn(model, batch):
+        calls.append(1)
+        out = model(batch["x"], torch.full((4,), 500), torch.zeros(4, dtype=torch.long)).sample
+        loss = (out - batch["x"].repeat(1, 2, 1, 1)).pow(2).mean((1, 2, 3))
+        if len(calls) == 2:
+            loss = loss * float("nan")
+        return type("Losses", (), {"loss": loss, "mse": loss, "vlb": None})()
+
+    accelerator = make_accelerator(config)
+    assert train(accelerator, config, model, Noise(), loss_fn) == 3
+    for step in (1, 2, 3):
+        states.append(load_file(str(tmp_path / f"checkpoint-{step}" / "model.safetensors")))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])  # step 2 skipped
+    assert any(not torch.equal(states[1][k], states[2][k]) for k in states[0])  # step 3 trained
+    schedules = [torch.load(tmp_path / f"checkpoint-{s}" / "scheduler.bin", weights_only=True) for s in (1, 2, 3)]
+    assert schedules[0]["_step_count"] == schedules[1]["_step_count"] < schedules[2]["_step_count"]

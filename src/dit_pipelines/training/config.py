@@ -50,6 +50,7 @@ class OptimizationConfig:
     lr_warmup_steps: int = option(0, "steps of learning-rate warm-up")
     gradient_accumulation_steps: int = option(1, "batches per optimisation step")
     max_grad_norm: Optional[float] = option(None, "clip the gradient norm (DiT does not)")
+    max_nonfinite_steps: int = option(3, "non-finite loss or gradient steps in a row (each skipped) before stopping")
     mixed_precision: Optional[str] = option(None, "autocast dtype", choices=["no", "fp16", "bf16"])
     gradient_checkpointing: bool = option(False, "recompute block activations in backward to save memory")
     ema_decay: float = option(0.9999, "decay of the EMA weights that are validated and saved (DiT: 0.9999)")

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ..schedulers import DiTDDIMScheduler, DiTDDPMScheduler
 from .checkpoints import read_state, resolve_resume_path, save_checkpoint
 from .config import ObjectiveConfig, RunConfig, TrainingConfig
+from .nonfinite import NonFiniteGuard
 from .sampler import ShardedEpochSampler
 
 logger = logging.getLogger("dit_pipelines.training")
@@ -140,6 +141,8 @@ def train(
             unwrapped.train()
             ema.restore(unwrapped.parameters())
 
+    guard = NonFiniteGuard(opt.max_nonfinite_steps)
+    guard.last_checkpoint = resume
     progress = tqdm(total=max_steps, initial=global_step, desc=run_name, disable=not accelerator.is_local_main_process)
     model.train()
     epoch = global_step // steps_per_epoch
@@ -150,23 +153,36 @@ def train(
                 losses = loss_fn(model, batch)
                 loss = losses.loss.mean()
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and opt.max_grad_norm:
-                    accelerator.clip_grad_norm_(trainable, opt.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
+                finite = True
+                if accelerator.sync_gradients:
+                    # the norm after all-reduce (clipping by infinity leaves the gradients as they are, bit for bit)
+                    grad_norm = accelerator.clip_grad_norm_(trainable, opt.max_grad_norm or float("inf"))
+                    total_loss = accelerator.reduce(loss.detach(), "sum")
+                    finite = guard.check_step(global_step + 1, float(total_loss), float(grad_norm))
+                # fp16's grad scaler skips overflowing steps itself (and lowers its scale): let it see them
+                if finite or accelerator.scaler is not None:
+                    optimizer.step()
+                    lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
                 continue
-            ema.step(unwrapped.parameters())
-            global_step += 1
-            logs = {"loss": loss.item(), "mse": losses.mse.mean().item(), "lr": lr_scheduler.get_last_lr()[0]}
-            if losses.vlb is not None:
-                logs["vlb"] = losses.vlb.mean().item()
+            global_step += 1  # a skipped step still consumed its batches: the data order stays a function of the step
             progress.update(1)
-            progress.set_postfix(loss=f"{logs['loss']:.4f}")
-            accelerator.log(logs, step=global_step)
+            if finite:
+                ema.step(unwrapped.parameters())
+                logs = {"loss": loss.item(), "mse": losses.mse.mean().item(), "lr": lr_scheduler.get_last_lr()[0]}
+                if losses.vlb is not None:
+                    logs["vlb"] = losses.vlb.mean().item()
+                progress.set_postfix(loss=f"{logs['loss']:.4f}")
+                accelerator.log(logs, step=global_step)
+            else:
+                logger.warning("Step %d skipped: non-finite loss or gradients (%d so far)", global_step, guard.skipped)
+                accelerator.log({"nonfinite_steps": guard.skipped}, step=global_step)
             if global_step % run.checkpointing_steps == 0 or global_step == max_steps:
-                save_checkpoint(accelerator, run.output_dir, global_step, run_state, run.checkpoints_total_limit)
+                guard.check_weights([*unwrapped.parameters(), *ema.shadow_params], f"checkpoint-{global_step}")
+                guard.last_checkpoint = save_checkpoint(
+                    accelerator, run.output_dir, global_step, run_state, run.checkpoints_total_limit
+                )
             if validate and run.validation_steps and global_step % run.validation_steps == 0:
                 if accelerator.is_main_process:
                     with_ema_weights(lambda m: validate(m, global_step))
@@ -177,6 +193,7 @@ def train(
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and make_pipeline is not None:
+        guard.check_weights(ema.shadow_params, "the pipeline")
         ema.copy_to(unwrapped.parameters())
         unwrapped.eval()
         make_pipeline(unwrapped).save_pretrained(run.output_dir)
