@@ -333,3 +333,34 @@ def test_the_console_script_is_installed():
     assert script is not None, "pip install -e . installs the dit-pipelines command"
     done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "{sample,convert,push}" in done.stdout
+
+
+def test_a_push_uploads_only_what_the_pipeline_needs(hub, tmp_path):
+    """An allow-list, not a deny-list: a latent cache, an .env, stray pickles and binaries, checkpoints and
+    validation samples in the run folder stay local; the card lists what went up."""
+    folder = tmp_path / "run"
+    tiny_video_pipeline(timestep_respacing="3").save_pretrained(folder)
+    strays = "latents-0123abcd.pt .env stray.pkl transformer/extra.bin notes.txt checkpoint-2/model.safetensors"
+    for stray in (strays + " validation/step-2.gif tokenizer/cache.pkl").split():
+        (folder / stray).parent.mkdir(parents=True, exist_ok=True)
+        (folder / stray).write_bytes(b"HF_TOKEN=secret")
+    (folder / "clips").mkdir()
+    Image.new("L", (8, 8)).save(folder / "clips" / "held_out.gif")
+    EvaluationRecord("prompt_following", [Metric("right digit", 0.5, "{:.0%}")], sample="clips/held_out.gif").save(
+        str(folder)
+    )
+    (folder / "training_args.json").write_text(json.dumps({"max_train_steps": 2}))
+    run(["-m", "dit_pipelines.cli", "push", str(folder), "tester/allow-listed"], hub_env(hub, tmp_path / "home"))
+
+    files = set(hub.files("tester/allow-listed"))
+    expected = {"README.md", "model_index.json", "training_args.json", "evaluation/prompt_following.json"}
+    expected |= {"clips/held_out.gif", "scheduler/scheduler_config.json", "transformer/config.json"}
+    expected |= {"transformer/diffusion_pytorch_model.safetensors", "text_encoder/config.json"}
+    assert expected <= files
+    assert {f for f in files if f.split("/")[0] in ("tokenizer", "text_encoder")} == {
+        f"{c}/{p.name}" for c in ("tokenizer", "text_encoder") for p in (folder / c).iterdir() if p.suffix != ".pkl"
+    }
+    assert not files & {"latents-0123abcd.pt", ".env", "stray.pkl", "transformer/extra.bin", "notes.txt"}
+    assert not [f for f in files if f.startswith(("checkpoint-", "validation/")) or f.endswith(".pkl")]
+    card = hub.files("tester/allow-listed")["README.md"].decode()
+    assert "## Files" in card and "- `transformer/diffusion_pytorch_model.safetensors`" in card and ".env" not in card

@@ -70,8 +70,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     push = commands.add_parser(
         "push",
         help="upload a saved pipeline folder to the Hub with its model card",
-        description="Write the model card and upload a saved pipeline in one commit "
-        "(never checkpoint-* folders). Uses HF_TOKEN / HF_ENDPOINT.",
+        description="Write the model card and upload a saved pipeline in one commit (only what the pipeline "
+        "needs: configs, safetensors weights, tokenizers, records). Uses HF_TOKEN / HF_ENDPOINT.",
     )
     push.add_argument("folder", help="a saved pipeline folder")
     push.add_argument("repo_id", help="user/name on the Hub")

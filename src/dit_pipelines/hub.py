@@ -21,11 +21,10 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 from .evaluation.record import EvaluationRecord
 from .latents import downsampling_factor
 
-#: never uploaded: resumable training state, logs, temporary files, the validation samples of every N steps
-IGNORE_PATTERNS = [
-    *("checkpoint-*", "checkpoint-*/**", "**/checkpoint-*/**", "*.tmp", "**/*.tmp", "logs/**", "validation/**"),
-    *("optimizer*.bin", "**/optimizer*.bin", "random_states_*.pkl", "training_state.json"),
-]
+#: what a component folder may upload: configs, safetensors weights, tokenizer vocabularies (never pickles)
+COMPONENT_FILES = ("*.json", "*.safetensors", "*.model", "*.txt")
+#: what the pipeline folder itself may upload, besides the card and the pictures it shows
+RECORD_FILES = ("model_index.json", "training_args.json", "evaluation/*.json")
 TEMPLATES = Path(__file__).parent / "model_card_templates"
 PIPELINES = {
     "DiTImagePipeline": ("image.md", "unconditional-image-generation", ["class-conditional"]),
@@ -84,10 +83,11 @@ def model_card(
     datasets: Optional[Sequence[str]] = None,
     base_model: Optional[str] = None,
     extra_tags=(),
+    uploaded: Optional[Sequence[str]] = None,
 ) -> "huggingface_hub.ModelCard":  # noqa: F821
     """The model card of the saved pipeline in `folder`, to be published as `repo_id`. `datasets` defaults to the
     training run's `--dataset` and `base_model` to the model it started from (`--init_from`,
-    `--init_from_image_dit`), each if it is a Hub repo."""
+    `--init_from_image_dit`), each if it is a Hub repo. `uploaded` (the files pushed with it) is listed."""
     from huggingface_hub import ModelCard, ModelCardData
 
     root = Path(folder)
@@ -146,7 +146,27 @@ def model_card(
         example_labels=json.dumps(labels[:3]) if labels else "[0, 1, 2]",
         example_prompt=json.dumps(prompts[0]),
         num_frames=transformer.get("sample_frames", 8),
+        files="\n".join(f"- `{f}`" for f in uploaded or []),
     )
+
+
+def pipeline_files(folder: str) -> List[str]:
+    """The files of the saved pipeline in `folder` that a Hub repo gets, chosen by an allow-list, as sorted paths
+    relative to `folder`: `model_index.json`, each component's `COMPONENT_FILES` (one folder level, as
+    `save_pretrained` writes them), the training arguments, the evaluation records and the sample pictures they name.
+    Anything else (checkpoints, latent caches, logs, pickles, stray files) stays local. README.md (the card) is
+    written and added by `push_pipeline`."""
+    root = Path(folder)
+    index = _read_json(root / "model_index.json")
+    if index is None:
+        raise ValueError(f"{folder} is not a saved pipeline folder (no model_index.json).")
+    components = [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)]
+    components = [name for name in components if index[name][0] is not None and (root / name).is_dir()]
+    patterns = [*RECORD_FILES, *(f"{name}/{pattern}" for name in components for pattern in COMPONENT_FILES)]
+    found = {p.relative_to(root).as_posix() for pattern in patterns for p in root.glob(pattern) if p.is_file()}
+    samples = [r.sample for r in EvaluationRecord.load_all(folder) if r.sample] + SAMPLES
+    found |= {s for s in samples if (root / s).is_file()}
+    return sorted(found)
 
 
 def push_pipeline(
@@ -159,20 +179,15 @@ def push_pipeline(
     revision: Optional[str] = None,
     **card_kwargs,
 ) -> str:
-    """Write the model card into `folder` (README.md), create `repo_id` if needed and upload the folder in one
-    commit, without `IGNORE_PATTERNS`. Returns the commit URL. `card_kwargs` go to `model_card`."""
-    from huggingface_hub import create_repo, upload_folder
+    """Write the model card into `folder` (README.md), create `repo_id` if needed and upload, in one commit, the
+    card and `pipeline_files(folder)`, nothing else. Returns the commit URL. `card_kwargs` go to `model_card`."""
+    from huggingface_hub import CommitOperationAdd, create_commit, create_repo
 
-    card = model_card(folder, repo_id, **card_kwargs)
+    files = ["README.md", *pipeline_files(folder)]
+    card = model_card(folder, repo_id, uploaded=files, **card_kwargs)
     card.validate()  # the Hub checks the YAML metadata; a card it would reject is not uploaded
     card.save(os.path.join(folder, "README.md"))
     repo = create_repo(repo_id, token=token, private=private, exist_ok=True)
-    commit = upload_folder(
-        repo_id=repo.repo_id,
-        folder_path=folder,
-        commit_message=commit_message,
-        token=token,
-        ignore_patterns=IGNORE_PATTERNS,
-        revision=revision,
-    )
+    operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=os.path.join(folder, f)) for f in files]
+    commit = create_commit(repo.repo_id, operations, commit_message=commit_message, token=token, revision=revision)
     return commit.commit_url
