@@ -131,3 +131,18 @@ def test_generator_list_of_the_wrong_length(pipe):
 def test_guidance_interval_must_be_an_increasing_pair(pipe):
     with pytest.raises(ValueError, match=r"guidance_interval must be \(low, high\) timesteps with 0 <= low <= high"):
         pipe(1, guidance_interval=(600, 100), num_inference_steps=1)
+
+
+@pytest.mark.parametrize("eta", [1.5, -0.1])
+def test_ddim_eta_outside_zero_to_one_is_refused_not_complex(eta, tiny_dit):
+    """eta > 1 made the direction coefficient sqrt(1 - a_prev - sigma²) imaginary: complex latents."""
+    scheduler = DiTDDIMScheduler()
+    scheduler.set_timesteps(10)
+    x = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"eta must be in \[0, 1\]"):
+        scheduler.step(torch.zeros(1, 8, 8, 8), scheduler.timesteps[0], x, eta=eta)
+    pipe = DiTImagePipeline(tiny_dit(), DiTDDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match=r"eta must be in \[0, 1\]"):
+        pipe([1], num_inference_steps=3, eta=eta)
+    assert torch.is_floating_point(scheduler.step(torch.zeros(1, 8, 8, 8), scheduler.timesteps[0], x, eta=1.0)[0])

@@ -46,12 +46,14 @@ class DiTDDIMScheduler(RespacedDiffusionScheduler):
             model_output (`torch.Tensor`): the model output at (`sample`, `timestep`), C or 2C channels.
             timestep (`int`): a value of `self.timesteps`.
             sample (`torch.Tensor`): x_t.
-            eta (`float`, defaults to 0.0): the weight of the noise (0: DDIM, 1: DDPM's posterior variance).
+            eta (`float`, defaults to 0.0): the weight of the noise (0: DDIM, 1: DDPM's posterior variance), in
+                [0, 1]: above 1, sigma_t can exceed sqrt(1 - a_{t-1}) and the direction term's coefficient
+                sqrt(1 - a_{t-1} - sigma_t²) of eq. 12 has no real value.
             generator (`torch.Generator`, *optional*), variance_noise (`torch.Tensor`, *optional*): for z.
             return_dict (`bool`): return a `DDIMSchedulerOutput` rather than a tuple.
         """
-        if eta < 0:
-            raise ValueError(f"eta must be non-negative, got {eta}.")
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta must be in [0, 1] (0: DDIM, 1: DDPM's posterior variance), got {eta}.")
         index = self.position(timestep)
         prediction, _ = self.split_model_output(model_output, sample)
         pred_original_sample = self._predict_start(prediction, sample, index)
