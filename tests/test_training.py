@@ -310,3 +310,52 @@ def test_a_non_finite_step_is_skipped_and_the_run_goes_on(tmp_path):
     assert any(not torch.equal(states[1][k], states[2][k]) for k in states[0])  # step 3 trained
     schedules = [torch.load(tmp_path / f"checkpoint-{s}" / "scheduler.bin", weights_only=True) for s in (1, 2, 3)]
     assert schedules[0]["_step_count"] == schedules[1]["_step_count"] < schedules[2]["_step_count"]
+
+
+class Payload:
+    """A pickle that, once unpickled with code execution, writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path(self.marker).write_text, ("ran",))
+
+
+def test_resuming_unpickles_nothing_that_runs_code(bars, tmp_path):
+    import pickle
+
+    options = "--max_train_steps 2 --checkpointing_steps 2 --ema_decay 0.9".split()
+    main(parse_args(tiny_args(bars, tmp_path / "run", *options)))
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert (checkpoint / "ema.safetensors").is_file() and not (checkpoint / "custom_checkpoint_0.pkl").exists()
+    marker = tmp_path / "marker"
+    more = "--max_train_steps 3 --checkpointing_steps 2 --ema_decay 0.9 --resume_from_checkpoint latest".split()
+    # the EMA as accelerate pickled it before (loaded with weights_only=False), then a crafted RNG state
+    cases = {
+        "custom_checkpoint_0.pkl": "objects that only unpickling with code execution can read",
+        "random_states_0.pkl": "cannot be read safely",
+    }
+    for name, refused in cases.items():
+        original = checkpoint / name
+        saved = original.read_bytes() if original.exists() else None
+        original.write_bytes(pickle.dumps(Payload(marker)))
+        with pytest.raises(ValueError, match=refused):
+            main(parse_args(tiny_args(bars, tmp_path / "run", *more)))
+        assert not marker.exists()
+        original.unlink() if saved is None else original.write_bytes(saved)
+    main(parse_args(tiny_args(bars, tmp_path / "run", *more)))  # the intact checkpoint resumes
+    assert (tmp_path / "run" / "checkpoint-3").is_dir()
+
+
+def test_latest_skips_incomplete_checkpoints_and_falls_back_from_one_that_cannot_load(bars, tmp_path, caplog):
+    options = "--max_train_steps 4 --checkpointing_steps 2".split()
+    main(parse_args(tiny_args(bars, tmp_path / "run", *options)))
+    run = tmp_path / "run"
+    (run / "checkpoint-9").mkdir()  # empty: no state file, never complete
+    (run / "checkpoint-4" / "model.safetensors").write_bytes(b"truncated")  # the newest cannot be read
+    more = "--max_train_steps 5 --checkpointing_steps 2 --resume_from_checkpoint latest".split()
+    main(parse_args(tiny_args(bars, run, *more)))
+    assert f"Skipping {run / 'checkpoint-4'}, which could not be loaded" in caplog.text
+    assert f"Resumed from {run / 'checkpoint-2'} at step 2" in caplog.text
+    assert (run / "checkpoint-5" / "training_state.json").is_file()

@@ -1,24 +1,28 @@
-"""Atomic, rotating training checkpoints (`checkpoint-<step>` folders of `accelerator.save_state`) and resuming."""
+"""Atomic, rotating training checkpoints (`checkpoint-<step>` folders of `accelerator.save_state`, plus the EMA as
+safetensors and JSON) and resuming from them without unpickling anything that could run code."""
 
 import json
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from safetensors.torch import load_file, save_file
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-STATE_FILE = "training_state.json"
+STATE_FILE = "training_state.json"  # written last: a folder without it is not a complete checkpoint
+EMA_WEIGHTS, EMA_STATE = "ema.safetensors", "ema_state.json"
 
 
 def checkpoints(output_dir: str) -> List[Tuple[int, str]]:
-    """The complete checkpoints in `output_dir`, oldest first, as (step, path)."""
+    """The complete checkpoints in `output_dir` (those with their state file), oldest first, as (step, path)."""
     if not os.path.isdir(output_dir):
         return []
     found = [
         (int(m.group(1)), os.path.join(output_dir, d)) for d in os.listdir(output_dir) if (m := CHECKPOINT.match(d))
     ]
-    return sorted(found)
+    return sorted((step, path) for step, path in found if os.path.isfile(os.path.join(path, STATE_FILE)))
 
 
 def resolve_resume_path(output_dir: str, resume_from_checkpoint: Optional[str]) -> Optional[str]:
@@ -36,10 +40,18 @@ def resolve_resume_path(output_dir: str, resume_from_checkpoint: Optional[str]) 
     return resume_from_checkpoint
 
 
-def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, total_limit: Optional[int] = None) -> str:
-    """Save the full training state (model, optimizer, LR schedule, registered objects such as the EMA, and every
-    process's RNG states) as `checkpoint-<step>`. It is written to `checkpoint-<step>.tmp` and renamed once complete,
-    so a run killed while saving still resumes from the previous checkpoint. Keeps the newest `total_limit`."""
+def save_checkpoint(
+    accelerator,
+    output_dir: str,
+    step: int,
+    state: dict,
+    total_limit: Optional[int] = None,
+    write_extra: Optional[Callable[[str], None]] = None,
+) -> str:
+    """Save the full training state (model, optimizer, LR schedule and every process's RNG states, with
+    `accelerator.save_state`; then `write_extra(folder)` on the main process, e.g. `save_ema`) as
+    `checkpoint-<step>`. It is written to `checkpoint-<step>.tmp` and renamed once complete, so a run killed while
+    saving still resumes from the previous checkpoint. Keeps the newest `total_limit`."""
     final = os.path.join(output_dir, f"checkpoint-{step}")
     temporary = final + ".tmp"
     if accelerator.is_main_process and os.path.exists(temporary):
@@ -48,6 +60,8 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, total_
     accelerator.save_state(temporary)  # each process writes its own RNG state
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if write_extra is not None:
+            write_extra(temporary)
         Path(temporary, STATE_FILE).write_text(json.dumps({"global_step": step, **state}, indent=2))
         if os.path.exists(final):
             shutil.rmtree(final)
@@ -62,3 +76,59 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, total_
 def read_state(checkpoint: str) -> dict:
     """The run state saved with a checkpoint (its step, batch size and process count)."""
     return json.loads(Path(checkpoint, STATE_FILE).read_text())
+
+
+def save_ema(ema, names: Sequence[str], folder: str) -> None:
+    """The EMA of diffusers' `EMAModel` as `ema.safetensors` (its shadow weights, by parameter name) and
+    `ema_state.json` (decay, step and warm-up settings): no pickle, unlike accelerate's registered objects."""
+    state = ema.state_dict()
+    shadow = state.pop("shadow_params")
+    save_file(
+        {name: tensor.detach().cpu().contiguous() for name, tensor in zip(names, shadow)}, f"{folder}/{EMA_WEIGHTS}"
+    )
+    Path(folder, EMA_STATE).write_text(json.dumps(state, indent=2))
+
+
+def load_ema(ema, names: Sequence[str], folder: str) -> None:
+    """Restore an EMA saved by `save_ema` (a `ValueError` for a checkpoint without one)."""
+    if not os.path.isfile(os.path.join(folder, EMA_WEIGHTS)):
+        raise ValueError(f"{folder} has no {EMA_WEIGHTS}: not a checkpoint of this version's training loop.")
+    weights = load_file(os.path.join(folder, EMA_WEIGHTS))
+    state = json.loads(Path(folder, EMA_STATE).read_text())
+    device = ema.shadow_params[0].device if ema.shadow_params else "cpu"
+    ema.load_state_dict({**state, "shadow_params": [weights[name].to(device) for name in names]})
+
+
+def load_checkpoint(accelerator, folder: str, restore_extra: Optional[Callable[[str], None]] = None) -> int:
+    """Load `folder` (see `save_checkpoint`) and return its step. accelerate reads the optimizer, schedule and RNG
+    states with `torch.load(weights_only=True)`, and nothing is registered with it to be unpickled freely. A folder
+    with pickled custom objects (the EMA of checkpoints written before it moved to safetensors), or whose RNG state
+    cannot be read that way (accelerate would go on without it, and the resumed run would not be exact), is a
+    `ValueError` naming the file."""
+    from accelerate.utils import load
+
+    pickled = sorted(name for name in os.listdir(folder) if re.match(r"^custom_checkpoint_\d+\.pkl$", name))
+    if pickled:
+        raise ValueError(
+            f"{folder} holds {', '.join(pickled)}: objects that only unpickling with code execution can read (an EMA "
+            "saved before it moved to safetensors). They are not loaded: resume from a checkpoint of this version."
+        )
+    random_states = os.path.join(folder, f"random_states_{accelerator.process_index}.pkl")
+    try:
+        load(random_states)  # weights_only=True, with the numpy types accelerate allows
+    except Exception as error:
+        raise ValueError(
+            f"{random_states} cannot be read safely ({type(error).__name__}): not resuming from it."
+        ) from None
+    accelerator.load_state(folder)
+    if restore_extra is not None:
+        restore_extra(folder)
+    return read_state(folder)["global_step"]
+
+
+def resume_candidates(output_dir: str, resume_from_checkpoint: Optional[str]) -> List[str]:
+    """The checkpoints to try, in order: the explicit one, or for "latest" every complete one, newest first."""
+    if resume_from_checkpoint == "latest":
+        return [path for _, path in reversed(checkpoints(output_dir))]
+    path = resolve_resume_path(output_dir, resume_from_checkpoint)
+    return [path] if path else []

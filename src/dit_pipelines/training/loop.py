@@ -15,7 +15,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..schedulers import DiTDDIMScheduler, DiTDDPMScheduler
-from .checkpoints import read_state, resolve_resume_path, save_checkpoint
+from .checkpoints import (
+    load_checkpoint,
+    load_ema,
+    read_state,
+    resolve_resume_path,
+    resume_candidates,
+    save_checkpoint,
+    save_ema,
+)
 from .config import ObjectiveConfig, RunConfig, TrainingConfig
 from .nonfinite import NonFiniteGuard
 from .sampler import ShardedEpochSampler
@@ -114,20 +122,28 @@ def train(
         num_warmup_steps=opt.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=max_steps * accelerator.num_processes,
     )
+    names = [name for name, _ in model.named_parameters()]  # the EMA's shadow weights, saved by name
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     ema.to(accelerator.device)
-    accelerator.register_for_checkpointing(ema)
     if accelerator.is_main_process and accelerator.log_with:
         accelerator.init_trackers(run_name, config={k: v for k, v in hyperparameters.items() if v is not None})
 
     global_step = 0
     run_state = {"train_batch_size": opt.train_batch_size, "num_processes": accelerator.num_processes}
-    if resume:
-        accelerator.load_state(resume)
-        global_step = read_state(resume)["global_step"]
+    candidates = resume_candidates(run.output_dir, run.resume_from_checkpoint)
+    for index, candidate in enumerate(candidates):
+        try:
+            global_step = load_checkpoint(accelerator, candidate, lambda folder: load_ema(ema, names, folder))
+        except Exception as error:  # a checkpoint that cannot be read: with "latest", fall back to the one before
+            if run.resume_from_checkpoint != "latest" or index == len(candidates) - 1:
+                raise
+            logger.warning("Skipping %s, which could not be loaded (%s: %s)", candidate, type(error).__name__, error)
+            continue
+        resume = candidate
         logger.info("Resumed from %s at step %d", resume, global_step)
         if any(read_state(resume).get(k) != v for k, v in run_state.items()):
             logger.warning("Resuming with another batch size or process count: the data order will differ.")
+        break
 
     unwrapped = accelerator.unwrap_model(model)
 
@@ -181,7 +197,12 @@ def train(
             if global_step % run.checkpointing_steps == 0 or global_step == max_steps:
                 guard.check_weights([*unwrapped.parameters(), *ema.shadow_params], f"checkpoint-{global_step}")
                 guard.last_checkpoint = save_checkpoint(
-                    accelerator, run.output_dir, global_step, run_state, run.checkpoints_total_limit
+                    accelerator,
+                    run.output_dir,
+                    global_step,
+                    run_state,
+                    run.checkpoints_total_limit,
+                    write_extra=lambda folder: save_ema(ema, names, folder),
                 )
             if validate and run.validation_steps and global_step % run.validation_steps == 0:
                 if accelerator.is_main_process:
