@@ -7,7 +7,15 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
+    SASolverScheduler,
+    UniPCMultistepScheduler,
+)
 
 from dit_pipelines import DiTDDIMScheduler, DiTDDPMScheduler, DiTImagePipeline
 from dit_pipelines.pipelines.denoising import guide
@@ -282,3 +290,15 @@ def test_a_transformer_in_training_mode_samples_as_in_eval_mode(tiny_dit):
     torch.testing.assert_close(first, second, rtol=0, atol=0)
     model.eval()
     torch.testing.assert_close(sample(), first, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "solver", [DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, UniPCMultistepScheduler, SASolverScheduler]
+)
+def test_diffusers_solvers_swapped_in_with_from_config_sample_a_latent_dit(latent_pipe, solver):
+    """`from_config` of the DiT scheduler's config hands DPM-Solver its variance_type="learned_range", which it read
+    as 'keep 3 channels': a 4-channel latent DiT failed with a size mismatch."""
+    latent_pipe.scheduler = solver.from_config(latent_pipe.scheduler.config)
+    images = latent_pipe([1, 2], num_inference_steps=5, output_type="np", generator=torch.manual_seed(0)).images
+    assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
+    assert getattr(latent_pipe.scheduler.config, "variance_type", None) is None

@@ -2,6 +2,7 @@
 interval of timesteps), the scheduler step, step-end callbacks and feature caching."""
 
 import inspect
+import logging
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -16,13 +17,30 @@ DEFAULT_NUM_INFERENCE_STEPS = 50  # when the scheduler has no configured respaci
 # with `samples_learned_variance`). diffusers' DPM-Solvers with variance_type="learned_range" keep the first 3
 # channels of any output, for pixel-space models: use them with the default variance_type on 4-channel latents.
 DIFFUSERS_LEARNED_VARIANCE_SCHEDULERS = (DDPMScheduler, DDPMParallelScheduler)
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+logger = logging.getLogger(__name__)
 
 
 def takes_learned_variance(scheduler) -> bool:
     """Whether `scheduler.step` samples with a learned variance and so takes the 2C-channel model output."""
     if not getattr(scheduler, "samples_learned_variance", isinstance(scheduler, DIFFUSERS_LEARNED_VARIANCE_SCHEDULERS)):
         return False
-    return getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+    return getattr(scheduler.config, "variance_type", None) in LEARNED_VARIANCE_TYPES
+
+
+def use_prediction_channels(scheduler) -> None:
+    """Let a diffusers solver that does not sample with a learned variance take the prediction channels.
+
+    `DPMSolverMultistepScheduler.from_config(dit_scheduler.config)` (and DPM-Solver single-step, SA-Solver) inherit
+    `variance_type="learned_range"`, which they read as "the model also outputs a variance: keep its first 3
+    channels", right only for 3-channel pixel models: on 4-channel latents the step fails. The pipeline gives such
+    a scheduler the C prediction channels, so its `variance_type` is set to None (as diffusers' own pipelines
+    correct outdated scheduler configs with `register_to_config`)."""
+    if hasattr(scheduler, "samples_learned_variance") or takes_learned_variance(scheduler):
+        return
+    if getattr(scheduler.config, "variance_type", None) in LEARNED_VARIANCE_TYPES:
+        logger.info("%s takes the prediction channels: its variance_type is set to None.", type(scheduler).__name__)
+        scheduler.register_to_config(variance_type=None)
 
 
 def step_kwargs(scheduler, **candidates) -> dict:
@@ -101,6 +119,7 @@ class GuidedDenoising:
         dtype = self.transformer.dtype
         channels = self.transformer.config.in_channels
 
+        use_prediction_channels(self.scheduler)
         if num_inference_steps is None and getattr(self.scheduler.config, "timestep_respacing", None) is None:
             num_inference_steps = DEFAULT_NUM_INFERENCE_STEPS
         self.scheduler.set_timesteps(num_inference_steps, device=device)
