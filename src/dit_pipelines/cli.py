@@ -179,8 +179,9 @@ def user_errors() -> tuple:
     """What a bad request raises: wrong values, missing files, Hub answers (HfHubHTTPError is an OSError) and a
     connection that fails (the HTTP client's RequestError)."""
     import importlib
+    import pickle
 
-    errors = [ValueError, OSError]
+    errors = [ValueError, OSError, pickle.UnpicklingError]  # the last: a checkpoint refused by weights_only loading
     for module in ("httpx2", "httpx"):
         try:
             errors.append(importlib.import_module(module).RequestError)

@@ -3,6 +3,7 @@ interval of timesteps), the scheduler step, step-end callbacks and feature cachi
 
 import inspect
 import logging
+import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -26,6 +27,21 @@ def takes_learned_variance(scheduler) -> bool:
     if not getattr(scheduler, "samples_learned_variance", isinstance(scheduler, DIFFUSERS_LEARNED_VARIANCE_SCHEDULERS)):
         return False
     return getattr(scheduler.config, "variance_type", None) in LEARNED_VARIANCE_TYPES
+
+
+def check_sampling_inputs(scheduler, shape, guidance_scale, num_inference_steps, latents) -> None:
+    """The `ValueError`s both pipelines raise for a sampling request that would fail later or return nonsense."""
+    if not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be a finite number (<= 1: no guidance), got {guidance_scale}.")
+    steps = scheduler.config.num_train_timesteps
+    if num_inference_steps is not None and not 1 <= num_inference_steps <= steps:
+        raise ValueError(
+            f"num_inference_steps must be between 1 and the {steps} training steps, got {num_inference_steps}."
+        )
+    if latents is not None and not latents.is_floating_point():
+        raise ValueError(f"latents must be a floating-point tensor (they are cast to float32), got {latents.dtype}.")
+    if latents is not None and tuple(latents.shape) != tuple(shape):
+        raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}.")
 
 
 def use_prediction_channels(scheduler) -> None:
@@ -110,8 +126,7 @@ class GuidedDenoising:
         shrink by several percent in bfloat16). `callback_tensors` are the other tensors a step-end callback may
         read, besides the latents; it may return `{"latents": ...}` to replace them."""
         feature_cache = feature_cache_for(cache_interval)  # None when off; a ValueError for a bad interval
-        if latents is not None and tuple(latents.shape) != tuple(shape):
-            raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}.")
+        check_sampling_inputs(self.scheduler, shape, guidance_scale, num_inference_steps, latents)
         self._interrupt = False
         self._guidance_scale = guidance_scale
         do_guidance = self.do_classifier_free_guidance  # decided once: the batch layout depends on it

@@ -2,6 +2,7 @@
 
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
@@ -13,6 +14,24 @@ from .denoising import GuidedDenoising
 
 ClassLabels = Union[int, str, List[Union[int, str]], torch.Tensor]
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def _flat_labels(labels) -> List[Union[int, str]]:
+    """`labels` flattened to a list of ints and names (see `DiTImagePipeline._class_ids`)."""
+    if isinstance(labels, torch.Tensor):
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"Class label tensors must hold integers, got dtype {labels.dtype}.")
+        return labels.reshape(-1).tolist()
+    if isinstance(labels, np.ndarray) and labels.dtype.kind in "iu":
+        return labels.reshape(-1).tolist()
+    if isinstance(labels, (list, tuple)):
+        return [label for item in labels for label in _flat_labels(item)]
+    if isinstance(labels, str) or (isinstance(labels, (int, np.integer)) and not isinstance(labels, (bool, np.bool_))):
+        return [labels if isinstance(labels, str) else int(labels)]
+    raise ValueError(
+        "Class labels must be class indices (ints, numpy integers, integer tensors or arrays) or names from id2label, "
+        f"alone or in lists; got {labels!r} of type {type(labels).__name__}."
+    )
 
 
 class DiTImagePipeline(GuidedDenoising, DiffusionPipeline):
@@ -75,11 +94,10 @@ class DiTImagePipeline(GuidedDenoising, DiffusionPipeline):
         return [matches[0] for matches in ids]
 
     def _class_ids(self, class_labels: ClassLabels) -> List[int]:
-        if isinstance(class_labels, torch.Tensor):
-            class_labels = class_labels.reshape(-1).tolist()
-        elif isinstance(class_labels, (int, str)):
-            class_labels = [class_labels]
-        ids = [self.get_label_ids(c)[0] if isinstance(c, str) else int(c) for c in class_labels]
+        """Class indices of `class_labels`: ints, numpy integers, integer tensors or `id2label` names, alone or in
+        (nested) lists, which are flattened as diffusers' pipelines do. Anything else is a `ValueError`: a float or a
+        bool would silently pick another class."""
+        ids = [self.get_label_ids(c)[0] if isinstance(c, str) else c for c in _flat_labels(class_labels)]
         num_classes = self.transformer.config.num_classes
         bad = [i for i in ids if not 0 <= i < num_classes]
         if not ids or bad:
@@ -100,10 +118,10 @@ class DiTImagePipeline(GuidedDenoising, DiffusionPipeline):
         callback_tensor_inputs,
     ):
         factor = self.vae_scale_factor * self.transformer.config.patch_size
-        if height % factor or width % factor:
+        if height <= 0 or width <= 0 or height % factor or width % factor:
             raise ValueError(
-                f"height and width must be divisible by {factor} (VAE factor {self.vae_scale_factor} x patch size "
-                f"{self.transformer.config.patch_size}), got {height}x{width}."
+                f"height and width must be positive multiples of {factor} (VAE factor {self.vae_scale_factor} x "
+                f"patch size {self.transformer.config.patch_size}), got {height}x{width}."
             )
         if guidance_scale > 1 and not self.transformer.has_null_class:
             raise ValueError(
@@ -192,8 +210,8 @@ class DiTImagePipeline(GuidedDenoising, DiffusionPipeline):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         ids = [i for i in self._class_ids(class_labels) for _ in range(num_images_per_prompt)]
         config = self.transformer.config
-        height = height or config.sample_size * self.vae_scale_factor
-        width = width or config.sample_size * self.vae_scale_factor
+        height = config.sample_size * self.vae_scale_factor if height is None else height
+        width = config.sample_size * self.vae_scale_factor if width is None else width
         shape = (len(ids), config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         self.check_inputs(
             height,

@@ -1,5 +1,6 @@
 """`DiTTextToVideoPipeline`: text-to-video generation with a spatio-temporal DiT on VAE latents and T5 prompts."""
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple, Union
 
@@ -18,6 +19,7 @@ from .denoising import GuidedDenoising
 from .text_encoding import encode_text
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,7 +67,7 @@ class DiTTextToVideoPipeline(GuidedDenoising, DiffusionPipeline):
     def encode_prompt(
         self,
         prompt: Union[str, List[str], None],
-        negative_prompt: Union[str, List[str]] = "",
+        negative_prompt: Union[str, List[str], None] = None,
         do_classifier_free_guidance: bool = True,
         num_videos_per_prompt: int = 1,
         device: Optional[torch.device] = None,
@@ -77,16 +79,27 @@ class DiTTextToVideoPipeline(GuidedDenoising, DiffusionPipeline):
     ):
         """T5 embeddings and masks of the prompts (and of the negative prompts when guiding), repeated
         `num_videos_per_prompt` times: (embeds, mask, negative_embeds, negative_mask), the last two `None` without
-        guidance. Precomputed embeddings must come with their masks."""
+        guidance (the negative prompt defaults to the empty one). Precomputed embeddings must come with their masks.
+        Prompts longer than `max_sequence_length` tokens are cut there, with a warning naming them."""
         device = device or self._execution_device
-        max_sequence_length = max_sequence_length or self.tokenizer.model_max_length
+        max_sequence_length = self.tokenizer.model_max_length if max_sequence_length is None else max_sequence_length
+        if max_sequence_length < 1:
+            raise ValueError(f"max_sequence_length must be a positive number of tokens, got {max_sequence_length}.")
         if prompt_embeds is None:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            if not prompts or not all(isinstance(p, str) for p in prompts):
+                raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}.")
+            lengths = [len(ids) for ids in self.tokenizer(prompts).input_ids]
+            cut = [p for p, n in zip(prompts, lengths) if n > max_sequence_length]
+            if cut:
+                message = "These prompts are longer than max_sequence_length=%d tokens and are cut: %s"
+                logger.warning(message, max_sequence_length, cut)
             prompt_embeds, prompt_attention_mask = encode_text(
                 self.tokenizer, self.text_encoder, prompts, max_sequence_length, device
             )
         batch = prompt_embeds.shape[0]
         if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negative_prompt = "" if negative_prompt is None else negative_prompt
             negatives = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
             if len(negatives) != batch:
                 raise ValueError(f"Got {len(negatives)} negative prompts for {batch} prompts.")
@@ -106,6 +119,8 @@ class DiTTextToVideoPipeline(GuidedDenoising, DiffusionPipeline):
     def check_inputs(
         self,
         prompt,
+        negative_prompt,
+        num_videos_per_prompt,
         prompt_embeds,
         prompt_attention_mask,
         negative_prompt_embeds,
@@ -118,10 +133,23 @@ class DiTTextToVideoPipeline(GuidedDenoising, DiffusionPipeline):
     ):
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("Pass exactly one of `prompt` and `prompt_embeds`.")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("Pass at most one of `negative_prompt` and `negative_prompt_embeds`.")
+        if num_videos_per_prompt < 1:
+            raise ValueError(f"num_videos_per_prompt must be at least 1, got {num_videos_per_prompt}.")
         if prompt_embeds is not None and prompt_attention_mask is None:
             raise ValueError("`prompt_embeds` need their `prompt_attention_mask` (1 = token, 0 = padding).")
         if negative_prompt_embeds is not None and negative_prompt_attention_mask is None:
             raise ValueError("`negative_prompt_embeds` need their `negative_prompt_attention_mask`.")
+        for embeds, mask, name in (
+            (prompt_embeds, prompt_attention_mask, "prompt"),
+            (negative_prompt_embeds, negative_prompt_attention_mask, "negative_prompt"),
+        ):
+            if embeds is not None and tuple(mask.shape) != tuple(embeds.shape[:2]):
+                raise ValueError(
+                    f"{name}_attention_mask must be (batch, tokens) = {tuple(embeds.shape[:2])} like {name}_embeds, "
+                    f"got {tuple(mask.shape)}."
+                )
         if (
             prompt_embeds is not None
             and negative_prompt_embeds is not None
@@ -134,8 +162,8 @@ class DiTTextToVideoPipeline(GuidedDenoising, DiffusionPipeline):
         if self.transformer.config.conditioning != "text":
             raise ValueError("DiTTextToVideoPipeline needs a VideoDiTModel with conditioning='text'.")
         factor = self.vae_scale_factor * self.transformer.config.patch_size
-        if height % factor or width % factor:
-            raise ValueError(f"height and width must be divisible by {factor}, got {height}x{width}.")
+        if height <= 0 or width <= 0 or height % factor or width % factor:
+            raise ValueError(f"height and width must be positive multiples of {factor}, got {height}x{width}.")
         if num_frames < 1 or num_frames % self.transformer.config.temporal_patch_size:
             raise ValueError(
                 f"num_frames must be a positive multiple of the temporal patch size "
@@ -162,7 +190,7 @@ class DiTTextToVideoPipeline(GuidedDenoising, DiffusionPipeline):
     def __call__(
         self,
         prompt: Union[str, List[str], None] = None,
-        negative_prompt: Union[str, List[str]] = "",
+        negative_prompt: Union[str, List[str], None] = None,
         num_frames: Optional[int] = None,
         height: Optional[int] = None,
         width: Optional[int] = None,
@@ -189,7 +217,8 @@ class DiTTextToVideoPipeline(GuidedDenoising, DiffusionPipeline):
 
         Args:
             prompt (`str` or `list`): what to show; or pass `prompt_embeds` with `prompt_attention_mask`.
-            negative_prompt (`str` or `list`, defaults to ""): the unconditional branch of classifier-free guidance.
+            negative_prompt (`str` or `list`, *optional*): the unconditional branch of classifier-free guidance;
+                the empty prompt by default. Not with `negative_prompt_embeds`.
             num_frames (`int`, *optional*): frames to generate; defaults to the model's `sample_frames`. Counts
                 unseen in training work (temporal positions are interpolated).
             height, width (`int`, *optional*): frame size in pixels; defaults to `sample_size` x the VAE factor.
@@ -218,11 +247,13 @@ class DiTTextToVideoPipeline(GuidedDenoising, DiffusionPipeline):
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         config = self.transformer.config
-        num_frames = num_frames or config.sample_frames
-        height = height or config.sample_size * self.vae_scale_factor
-        width = width or config.sample_size * self.vae_scale_factor
+        num_frames = config.sample_frames if num_frames is None else num_frames
+        height = config.sample_size * self.vae_scale_factor if height is None else height
+        width = config.sample_size * self.vae_scale_factor if width is None else width
         self.check_inputs(
             prompt,
+            negative_prompt,
+            num_videos_per_prompt,
             prompt_embeds,
             prompt_attention_mask,
             negative_prompt_embeds,

@@ -75,8 +75,18 @@ class RespacedDiffusionScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"Unknown {name} {value!r}; choose one of {', '.join(allowed)}.")
         if trained_betas is not None:
             betas = torch.tensor(trained_betas, dtype=torch.float64)
+            if betas.shape != (num_train_timesteps,):
+                raise ValueError(
+                    f"trained_betas has {betas.numel()} values; num_train_timesteps={num_train_timesteps} needs one "
+                    "per training step."
+                )
         else:
             betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
+        if not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError(
+                f"Every beta must be in (0, 1) (the noise added at a step, a variance fraction); got values from "
+                f"{float(betas.min())} to {float(betas.max())} (beta_start={beta_start}, beta_end={beta_end})."
+            )
         if timestep_respacing is not None:
             timesteps_from_respacing(num_train_timesteps, timestep_respacing)  # fail early on a bad spec
 
@@ -177,13 +187,23 @@ class RespacedDiffusionScheduler(SchedulerMixin, ConfigMixin):
         """Identity: DDPM/DDIM inputs need no scaling (kept for interchangeability with other schedulers)."""
         return sample
 
+    def _training_timesteps(self, timesteps: torch.Tensor, device) -> torch.Tensor:
+        """`timesteps` as indices of the training chain, checked to lie in [0, T - 1] (-1 would wrap to T - 1)."""
+        timesteps = torch.as_tensor(timesteps).to(device).long()
+        T = self.config.num_train_timesteps
+        if bool(((timesteps < 0) | (timesteps >= T)).any()):
+            raise ValueError(f"Training timesteps must be in [0, {T - 1}], got {timesteps.unique().tolist()[:10]}.")
+        return timesteps
+
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x_t ~ q(x_t | x_0) with the given noise, at training `timesteps` (N,)."""
-        return self.train_diffusion.q_sample(original_samples, noise, timesteps.to(original_samples.device).long())
+        return self.train_diffusion.q_sample(
+            original_samples, noise, self._training_timesteps(timesteps, original_samples.device)
+        )
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The v-prediction target sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x_0 at training `timesteps` (N,)."""
-        return self.train_diffusion.velocity(sample, noise, timesteps.to(sample.device).long())
+        return self.train_diffusion.velocity(sample, noise, self._training_timesteps(timesteps, sample.device))
 
     def training_loss(
         self,
@@ -203,7 +223,7 @@ class RespacedDiffusionScheduler(SchedulerMixin, ConfigMixin):
             variance_values,
             original_samples,
             noise,
-            timesteps.to(original_samples.device).long(),
+            self._training_timesteps(timesteps, original_samples.device),
             prediction_type=self.config.prediction_type,
             variance_type=self.config.variance_type,
             vlb_weight=vlb_weight,
