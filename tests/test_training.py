@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -359,3 +360,106 @@ def test_latest_skips_incomplete_checkpoints_and_falls_back_from_one_that_cannot
     assert f"Skipping {run / 'checkpoint-4'}, which could not be loaded" in caplog.text
     assert f"Resumed from {run / 'checkpoint-2'} at step 2" in caplog.text
     assert (run / "checkpoint-5" / "training_state.json").is_file()
+
+
+def test_a_second_run_on_the_same_folder_is_refused_and_a_stale_lock_is_taken_over(bars, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (folder / ".training.lock").write_text(
+            json.dumps({"pid": other.pid, "host": __import__("socket").gethostname()})
+        )
+        with pytest.raises(ValueError, match=f"is in use by another run \\(process {other.pid} on "):
+            main(parse_args(tiny_args(bars, folder, "--max_train_steps", "1")))
+    finally:
+        other.kill()
+        other.wait()
+    main(parse_args(tiny_args(bars, folder, "--max_train_steps", "1")))  # its process is gone: stale, taken over
+    assert (folder / "model_index.json").is_file() and not (folder / ".training.lock").exists()
+    assert not (folder / ".pipeline.tmp").exists()
+
+
+def test_an_output_folder_that_is_not_writable_is_refused_before_any_work(bars, tmp_path):
+    if os.geteuid() == 0:  # root writes anywhere: a path under a file instead of a read-only folder
+        (tmp_path / "file").write_text("")
+        folder = tmp_path / "file" / "run"
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        folder = tmp_path / "ro" / "run"
+    with pytest.raises(ValueError, match=f"--output_dir {folder} cannot be written"):
+        main(parse_args(tiny_args(bars, folder, "--max_train_steps", "1")))
+
+
+KILLABLE = textwrap.dedent("""
+    # train_dit.py, but a write of interest stops half-way (marker file, then sleep) so that it can be killed there
+    import runpy, sys, time
+    from pathlib import Path
+
+    marker, where, script, *args = sys.argv[1:]
+
+    def stall():
+        Path(marker).write_text("writing")
+        time.sleep(120)
+
+    if where == "checkpoint":  # accelerate writes the schedule state of checkpoint-4.tmp: half of it, then stall
+        import accelerate.checkpointing as checkpointing
+
+        save = checkpointing.save
+
+        def half_save(obj, path, *a, **k):
+            if "checkpoint-4.tmp" in str(path) and str(path).endswith("scheduler.bin"):
+                Path(path).write_bytes(b"partial")
+                stall()
+            return save(obj, path, *a, **k)
+
+        checkpointing.save = half_save
+    else:  # the final pipeline: the transformer written, then stall before the other components
+        from diffusers import ModelMixin
+
+        save_pretrained = ModelMixin.save_pretrained
+
+        def stalling(self, *a, **k):
+            save_pretrained(self, *a, **k)
+            stall()
+
+        ModelMixin.save_pretrained = stalling
+    sys.argv = [script, *args]
+    runpy.run_path(script, run_name="__main__")
+""")
+
+
+def run_and_kill_while_writing(where, args, marker):
+    command = [sys.executable, "-c", KILLABLE, str(marker), where, SCRIPT, *args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not marker.exists() and time.time() < deadline and process.poll() is None:
+            time.sleep(0.1)
+        assert marker.exists(), "the run never reached the write"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
+def test_killed_while_writing_a_checkpoint_the_run_resumes_from_the_one_before(bars, tmp_path):
+    options = ["--checkpointing_steps", "2", "--ema_decay", "0.9", "--max_train_steps", "6"]
+    main(parse_args(tiny_args(bars, tmp_path / "full", *options)))
+    out = tmp_path / "killed"
+    run_and_kill_while_writing("checkpoint", tiny_args(bars, out, *options), tmp_path / "marker")
+    assert (out / "checkpoint-4.tmp" / "scheduler.bin").read_bytes() == b"partial"  # killed mid-write
+    assert not (out / "checkpoint-4").exists() and (out / ".training.lock").exists()  # the lock is stale now
+    main(parse_args(tiny_args(bars, out, *options, "--resume_from_checkpoint", "latest")))
+    assert weights(out).keys() == weights(tmp_path / "full").keys()
+    assert all(torch.equal(weights(out)[k], weights(tmp_path / "full")[k]) for k in weights(out))
+
+
+def test_killed_while_saving_the_pipeline_the_folder_holds_no_half_pipeline(bars, tmp_path):
+    out = tmp_path / "killed"
+    options = ["--checkpointing_steps", "2", "--max_train_steps", "2"]
+    run_and_kill_while_writing("pipeline", tiny_args(bars, out, *options), tmp_path / "marker")
+    assert (out / ".pipeline.tmp" / "transformer" / "config.json").exists()  # killed half-way through the save
+    assert not (out / "model_index.json").exists() and not (out / "transformer").exists()
+    main(parse_args(tiny_args(bars, out, *options, "--resume_from_checkpoint", "latest")))
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert isinstance(pipe, DiTImagePipeline) and not (out / ".pipeline.tmp").exists()

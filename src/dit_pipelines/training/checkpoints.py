@@ -57,11 +57,14 @@ def save_checkpoint(
     if accelerator.is_main_process and os.path.exists(temporary):
         shutil.rmtree(temporary)
     accelerator.wait_for_everyone()
-    accelerator.save_state(temporary)  # each process writes its own RNG state
+    try:
+        accelerator.save_state(temporary)  # each process writes its own RNG state
+        if accelerator.is_main_process and write_extra is not None:
+            write_extra(temporary)
+    except OSError as error:  # a full disk, a lost permission: say where, not only "iostream error"
+        raise OSError(f"Could not write checkpoint-{step} into {temporary}: {error}") from error
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if write_extra is not None:
-            write_extra(temporary)
         Path(temporary, STATE_FILE).write_text(json.dumps({"global_step": step, **state}, indent=2))
         if os.path.exists(final):
             shutil.rmtree(final)

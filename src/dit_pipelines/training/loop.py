@@ -26,6 +26,7 @@ from .checkpoints import (
 )
 from .config import ObjectiveConfig, RunConfig, TrainingConfig
 from .nonfinite import NonFiniteGuard
+from .run_folder import RunLock, save_pipeline_atomically
 from .sampler import ShardedEpochSampler
 
 logger = logging.getLogger("dit_pipelines.training")
@@ -33,7 +34,8 @@ logger = logging.getLogger("dit_pipelines.training")
 
 def make_accelerator(config: TrainingConfig) -> Accelerator:
     """The run's `Accelerator` (accumulation, mixed precision, trackers, logs under the output folder), with every
-    process seeded from `seed` and its process index, so that each draws its own noise."""
+    process seeded from `seed` and its process index, so that each draws its own noise. The main process first
+    takes the output folder's `RunLock` (a `ValueError` if it is not writable or another run holds it)."""
     run = config.run
     accelerator = Accelerator(
         gradient_accumulation_steps=config.optimization.gradient_accumulation_steps,
@@ -45,6 +47,8 @@ def make_accelerator(config: TrainingConfig) -> Accelerator:
     )
     logging.basicConfig(level=logging.WARNING)
     logger.setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
+    if accelerator.is_main_process:  # before any work: the folder is writable and no other run uses it
+        accelerator.run_lock = RunLock(run.output_dir).acquire()
     set_seed(config.optimization.seed, device_specific=True)
     return accelerator
 
@@ -136,7 +140,7 @@ def train(
             global_step = load_checkpoint(accelerator, candidate, lambda folder: load_ema(ema, names, folder))
         except Exception as error:  # a checkpoint that cannot be read: with "latest", fall back to the one before
             if run.resume_from_checkpoint != "latest" or index == len(candidates) - 1:
-                raise
+                raise ValueError(f"Could not resume from {candidate} ({type(error).__name__}: {error}).") from error
             logger.warning("Skipping %s, which could not be loaded (%s: %s)", candidate, type(error).__name__, error)
             continue
         resume = candidate
@@ -217,7 +221,7 @@ def train(
         guard.check_weights(ema.shadow_params, "the pipeline")
         ema.copy_to(unwrapped.parameters())
         unwrapped.eval()
-        make_pipeline(unwrapped).save_pretrained(run.output_dir)
+        save_pipeline_atomically(make_pipeline(unwrapped), run.output_dir)
         save_training_args(run.output_dir, hyperparameters)
         logger.info("Saved the pipeline to %s", run.output_dir)
         if config.hub.push_to_hub:
@@ -233,6 +237,8 @@ def train(
             )
             logger.info("Pushed to %s", url)
     accelerator.end_training()
+    if getattr(accelerator, "run_lock", None) is not None:
+        accelerator.run_lock.release()
     return global_step
 
 
