@@ -133,3 +133,47 @@ def test_training_timesteps_outside_the_chain_are_refused():
             scheduler.add_noise(x, x, torch.tensor(t))
     with pytest.raises(ValueError, match=r"Training timesteps must be in \[0, 999\]"):
         scheduler.training_loss(torch.zeros(2, 8, 8, 8), x, x, torch.tensor([-1, 3]))
+
+
+@pytest.mark.parametrize("steps, message", [(0, "between 1 and the 1000"), (1001, "between 1 and the 1000")])
+def test_diffusers_solvers_in_the_pipeline_get_the_same_step_checks(image_pipe, steps, message):
+    """DPM-Solver with 0 steps returned the initial noise, and with more steps than training steps an IndexError."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    image_pipe.scheduler = DPMSolverMultistepScheduler()
+    with pytest.raises(ValueError, match=message):
+        image_pipe([1], num_inference_steps=steps)
+
+
+def test_converting_a_checkpoint_that_holds_code_is_a_command_line_error(tmp_path, capsys):
+    """The conversion refuses a pickle that would run code (weights_only); the CLI says so in one line, exit 2."""
+    import pickle
+
+    from dit_pipelines.cli import main as cli
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"model": Exploit()}))
+    assert cli(["convert", str(tmp_path / "evil.pt"), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr()
+    assert "dit-pipelines convert: error:" in err.err and "ran" not in err.out
+
+
+def test_a_checkpoint_that_cannot_be_written_says_where(tmp_path, monkeypatch):
+    """A full disk used to surface as 'basic_ios::clear: iostream error' with no path."""
+    import errno
+
+    from accelerate import Accelerator
+
+    from dit_pipelines.training.checkpoints import save_checkpoint
+
+    accelerator = Accelerator(cpu=True)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(accelerator, "save_state", full_disk)
+    with pytest.raises(OSError, match=f"Could not write checkpoint-3 into {tmp_path / 'checkpoint-3.tmp'}: .*No space"):
+        save_checkpoint(accelerator, str(tmp_path), 3, {})
