@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -367,9 +368,7 @@ def test_a_second_run_on_the_same_folder_is_refused_and_a_stale_lock_is_taken_ov
     folder.mkdir()
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (folder / ".training.lock").write_text(
-            json.dumps({"pid": other.pid, "host": __import__("socket").gethostname()})
-        )
+        (folder / ".training.lock").write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
         with pytest.raises(ValueError, match=f"is in use by another run \\(process {other.pid} on "):
             main(parse_args(tiny_args(bars, folder, "--max_train_steps", "1")))
     finally:
