@@ -177,3 +177,23 @@ def test_a_checkpoint_that_cannot_be_written_says_where(tmp_path, monkeypatch):
     monkeypatch.setattr(accelerator, "save_state", full_disk)
     with pytest.raises(OSError, match=f"Could not write checkpoint-3 into {tmp_path / 'checkpoint-3.tmp'}: .*No space"):
         save_checkpoint(accelerator, str(tmp_path), 3, {})
+
+
+def test_ranges_generators_and_arrays_of_names_are_labels_too(tiny_dit):
+    pipe = DiTImagePipeline(tiny_dit(in_channels=3), DiTDDPMScheduler(timestep_respacing="2"), id2label={1: "cat"})
+    pipe.set_progress_bar_config(disable=True)
+
+    def sample(labels):
+        return pipe(labels, generator=torch.manual_seed(0), output_type="pt").images
+
+    expected = sample([0, 1])
+    for labels in (range(2), (i for i in range(2)), [0, np.array(["cat"])]):
+        torch.testing.assert_close(sample(labels), expected, rtol=0, atol=0)
+
+
+def test_a_component_saved_with_pickled_weights_only_is_not_pushed_half(tmp_path, tiny_dit):
+    from dit_pipelines.hub import pipeline_files
+
+    DiTImagePipeline(tiny_dit(), DiTDDPMScheduler()).save_pretrained(tmp_path, safe_serialization=False)
+    with pytest.raises(ValueError, match="holds its weights only as pickles .*safe_serialization=True"):
+        pipeline_files(str(tmp_path))

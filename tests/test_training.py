@@ -310,6 +310,9 @@ def test_a_non_finite_step_is_skipped_and_the_run_goes_on(tmp_path):
         states.append(load_file(str(tmp_path / f"checkpoint-{step}" / "model.safetensors")))
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])  # step 2 skipped
     assert any(not torch.equal(states[1][k], states[2][k]) for k in states[0])  # step 3 trained
+    emas = [load_file(str(tmp_path / f"checkpoint-{s}" / "ema.safetensors")) for s in (1, 2, 3)]
+    assert all(torch.equal(emas[0][k], emas[1][k]) for k in emas[0])  # no EMA update on the skipped step
+    assert any(not torch.equal(emas[1][k], emas[2][k]) for k in emas[0])
     schedules = [torch.load(tmp_path / f"checkpoint-{s}" / "scheduler.bin", weights_only=True) for s in (1, 2, 3)]
     assert schedules[0]["_step_count"] == schedules[1]["_step_count"] < schedules[2]["_step_count"]
 
@@ -462,3 +465,22 @@ def test_killed_while_saving_the_pipeline_the_folder_holds_no_half_pipeline(bars
     main(parse_args(tiny_args(bars, out, *options, "--resume_from_checkpoint", "latest")))
     pipe = DiffusionPipeline.from_pretrained(out)
     assert isinstance(pipe, DiTImagePipeline) and not (out / ".pipeline.tmp").exists()
+
+    # trained on and killed again while saving over that pipeline: the complete one stays as it was
+    saved = weights(out)
+    longer = ["--checkpointing_steps", "2", "--max_train_steps", "4", "--resume_from_checkpoint", "latest"]
+    run_and_kill_while_writing("pipeline", tiny_args(bars, out, *longer), tmp_path / "marker-2")
+    assert (out / ".pipeline.tmp" / "transformer" / "config.json").exists()
+    assert all(torch.equal(weights(out)[k], saved[k]) for k in saved)
+    assert isinstance(DiffusionPipeline.from_pretrained(out), DiTImagePipeline)
+
+
+def test_non_finite_weights_are_never_saved():
+    from dit_pipelines.training.nonfinite import NonFiniteError, NonFiniteGuard
+
+    guard = NonFiniteGuard(max_consecutive=3)
+    guard.last_checkpoint = "out/checkpoint-4"
+    guard.check_weights([torch.ones(3)], "checkpoint-6")
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(NonFiniteError, match="Not saving checkpoint-6: .* Last good checkpoint: out/checkpoint-4"):
+            guard.check_weights([torch.ones(3), torch.tensor([1.0, bad])], "checkpoint-6")

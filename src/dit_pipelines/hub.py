@@ -22,7 +22,8 @@ from .evaluation.record import EvaluationRecord
 from .latents import downsampling_factor
 
 #: what a component folder may upload: configs, safetensors weights, tokenizer vocabularies (never pickles)
-COMPONENT_FILES = ("*.json", "*.safetensors", "*.model", "*.txt")
+COMPONENT_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken")
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")  # never uploaded: a component holding only these fails
 #: what the pipeline folder itself may upload, besides the card and the pictures it shows
 RECORD_FILES = ("model_index.json", "training_args.json", "evaluation/*.json")
 TEMPLATES = Path(__file__).parent / "model_card_templates"
@@ -164,6 +165,13 @@ def pipeline_files(folder: str) -> List[str]:
     components = [name for name in components if index[name][0] is not None and (root / name).is_dir()]
     patterns = [*RECORD_FILES, *(f"{name}/{pattern}" for name in components for pattern in COMPONENT_FILES)]
     found = {p.relative_to(root).as_posix() for pattern in patterns for p in root.glob(pattern) if p.is_file()}
+    for name in components:
+        pickled = [p.name for pattern in PICKLED_WEIGHTS for p in (root / name).glob(pattern)]
+        if pickled and not list((root / name).glob("*.safetensors")):
+            raise ValueError(
+                f"{folder}/{name} holds its weights only as pickles ({', '.join(sorted(pickled))}), which are not "
+                "uploaded: save the pipeline with safe_serialization=True (the default) and push again."
+            )
     samples = [r.sample for r in EvaluationRecord.load_all(folder) if r.sample] + SAMPLES
     found |= {s for s in samples if (root / s).is_file()}
     return sorted(found)

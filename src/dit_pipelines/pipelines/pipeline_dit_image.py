@@ -1,5 +1,6 @@
 """`DiTImagePipeline`: class-conditional image generation with a DiT, in pixel space or on VAE latents."""
 
+import inspect
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -22,9 +23,12 @@ def _flat_labels(labels) -> List[Union[int, str]]:
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise ValueError(f"Class label tensors must hold integers, got dtype {labels.dtype}.")
         return labels.reshape(-1).tolist()
-    if isinstance(labels, np.ndarray) and labels.dtype.kind in "iu":
-        return labels.reshape(-1).tolist()
-    if isinstance(labels, (list, tuple)):
+    if isinstance(labels, np.ndarray):
+        if labels.dtype.kind in "iu":
+            return labels.reshape(-1).tolist()
+        if labels.dtype.kind in "UO":  # names (or objects, each checked)
+            return _flat_labels(labels.reshape(-1).tolist())
+    if isinstance(labels, (list, tuple, range)) or inspect.isgenerator(labels):
         return [label for item in labels for label in _flat_labels(item)]
     if isinstance(labels, str) or (isinstance(labels, (int, np.integer)) and not isinstance(labels, (bool, np.bool_))):
         return [labels if isinstance(labels, str) else int(labels)]

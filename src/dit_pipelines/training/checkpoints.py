@@ -118,7 +118,8 @@ def load_checkpoint(accelerator, folder: str, restore_extra: Optional[Callable[[
         )
     random_states = os.path.join(folder, f"random_states_{accelerator.process_index}.pkl")
     try:
-        load(random_states)  # weights_only=True, with the numpy types accelerate allows
+        if os.path.exists(random_states):  # absent for a process the run did not have: accelerate goes on without
+            load(random_states)  # weights_only=True, with the numpy types accelerate allows
     except Exception as error:
         raise ValueError(
             f"{random_states} cannot be read safely ({type(error).__name__}): not resuming from it."

@@ -178,8 +178,11 @@ def train(
                     # the norm after all-reduce (clipping by infinity leaves the gradients as they are, bit for bit)
                     grad_norm = accelerator.clip_grad_norm_(trainable, opt.max_grad_norm or float("inf"))
                     total_loss = accelerator.reduce(loss.detach(), "sum")
-                    finite = guard.check_step(global_step + 1, float(total_loss), float(grad_norm))
-                # fp16's grad scaler skips overflowing steps itself (and lowers its scale): let it see them
+                    # fp16's grad scaler skips steps whose gradients overflow and lowers its scale, which takes a few
+                    # steps at the start of a run: overflowing gradients are its business, a non-finite loss is ours
+                    # (DeepSpeed returns no norm: the loss alone decides there)
+                    norm = float(grad_norm) if accelerator.scaler is None and grad_norm is not None else 0.0
+                    finite = guard.check_step(global_step + 1, float(total_loss), norm)
                 if finite or accelerator.scaler is not None:
                     optimizer.step()
                     lr_scheduler.step()
@@ -188,7 +191,7 @@ def train(
                 continue
             global_step += 1  # a skipped step still consumed its batches: the data order stays a function of the step
             progress.update(1)
-            if finite:
+            if finite and not optimizer.step_was_skipped:  # (fp16: the scaler may have skipped the update)
                 ema.step(unwrapped.parameters())
                 logs = {"loss": loss.item(), "mse": losses.mse.mean().item(), "lr": lr_scheduler.get_last_lr()[0]}
                 if losses.vlb is not None:

@@ -30,10 +30,14 @@ class RunLock:
             if holder is not None and not _is_stale(holder):
                 raise ValueError(
                     f"{self.folder} is in use by another run (process {holder.get('pid')} on {holder.get('host')}, "
-                    f"lock file {self.path}): give this run another --output_dir, or wait for that one."
+                    f"lock file {self.path}): give this run another --output_dir, wait for that one, or delete the "
+                    "lock file if that run is gone (a lock from another host cannot be checked from here)."
                 ) from None
             os.remove(self.path)  # stale: its process is gone
-            self._create()
+            try:
+                self._create()
+            except FileExistsError:  # another run took it over at the same moment
+                raise ValueError(f"{self.folder} was just claimed by another run (lock file {self.path}).") from None
         except OSError as error:  # not writable, a file in the way, a full disk: before any work
             raise ValueError(f"--output_dir {self.folder} cannot be written ({error.strerror or error}).") from None
         self.held = True
@@ -76,8 +80,9 @@ def _is_stale(holder: dict) -> bool:
 
 def save_pipeline_atomically(pipeline, folder: str) -> None:
     """`pipeline.save_pretrained` into `folder/.pipeline.tmp`, then each part moved into `folder`, the
-    `model_index.json` that makes the folder loadable last: a run killed while saving leaves the folder as the last
-    complete save left it (or without a pipeline), never with a half-written one."""
+    `model_index.json` that makes the folder loadable last (an old one is removed before the first part moves): a
+    run killed while saving leaves the folder as the last complete save left it (killed while writing, the long
+    part) or without a loadable pipeline (killed while moving), never with a half-written or mixed one."""
     staging = os.path.join(folder, STAGING)
     if os.path.exists(staging):
         shutil.rmtree(staging)
@@ -85,6 +90,9 @@ def save_pipeline_atomically(pipeline, folder: str) -> None:
         pipeline.save_pretrained(staging)
     except OSError as error:
         raise OSError(f"Could not write the pipeline to {staging}: {error}") from error
+    index = os.path.join(folder, "model_index.json")
+    if os.path.exists(index):  # from here until the new index is in place the folder is no loadable pipeline
+        os.remove(index)
     for name in sorted(os.listdir(staging), key=lambda n: n == "model_index.json"):
         target = os.path.join(folder, name)
         if os.path.isdir(target):
