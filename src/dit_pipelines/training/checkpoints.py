@@ -102,17 +102,16 @@ def load_ema(ema, names: Sequence[str], folder: str) -> None:
     ema.load_state_dict({**state, "shadow_params": [weights[name].to(device) for name in names]})
 
 
-def load_checkpoint(accelerator, folder: str, restore_extra: Optional[Callable[[str], None]] = None) -> int:
-    """Load `folder` (see `save_checkpoint`) and return its step. accelerate reads the optimizer, schedule and RNG
-    states with `torch.load(weights_only=True)`, and nothing is registered with it to be unpickled freely. A folder
-    with pickled custom objects (the EMA of checkpoints written before it moved to safetensors), or whose RNG state
-    cannot be read that way (accelerate would go on without it, and the resumed run would not be exact), is a
-    `ValueError` naming the file."""
+def unsafe_to_load(accelerator, folder: str) -> Optional[str]:
+    """Why this process must not load `folder`, or None: pickled custom objects (the EMA of checkpoints written
+    before it moved to safetensors), or an RNG state that `torch.load(weights_only=True)` cannot read. Checked
+    before `load_state`, which has barriers: every process can then agree to skip a checkpoint (the loop gathers
+    these answers) instead of some waiting for others that failed."""
     from accelerate.utils import load
 
     pickled = sorted(name for name in os.listdir(folder) if re.match(r"^custom_checkpoint_\d+\.pkl$", name))
     if pickled:
-        raise ValueError(
+        return (
             f"{folder} holds {', '.join(pickled)}: objects that only unpickling with code execution can read (an EMA "
             "saved before it moved to safetensors). They are not loaded: resume from a checkpoint of this version."
         )
@@ -121,9 +120,19 @@ def load_checkpoint(accelerator, folder: str, restore_extra: Optional[Callable[[
         if os.path.exists(random_states):  # absent for a process the run did not have: accelerate goes on without
             load(random_states)  # weights_only=True, with the numpy types accelerate allows
     except Exception as error:
-        raise ValueError(
-            f"{random_states} cannot be read safely ({type(error).__name__}): not resuming from it."
-        ) from None
+        return f"{random_states} cannot be read safely ({type(error).__name__}): not resuming from it."
+    return None
+
+
+def load_checkpoint(accelerator, folder: str, restore_extra: Optional[Callable[[str], None]] = None) -> int:
+    """Load `folder` (see `save_checkpoint`) and return its step. accelerate reads the optimizer, schedule and RNG
+    states with `torch.load(weights_only=True)`, and nothing is registered with it to be unpickled freely. A folder
+    with pickled custom objects (the EMA of checkpoints written before it moved to safetensors), or whose RNG state
+    cannot be read that way (accelerate would go on without it, and the resumed run would not be exact), is a
+    `ValueError` naming the file (`unsafe_to_load`)."""
+    problem = unsafe_to_load(accelerator, folder)
+    if problem:
+        raise ValueError(problem)
     accelerator.load_state(folder)
     if restore_extra is not None:
         restore_extra(folder)

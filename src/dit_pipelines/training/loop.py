@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, Dataset
@@ -23,6 +23,7 @@ from .checkpoints import (
     resume_candidates,
     save_checkpoint,
     save_ema,
+    unsafe_to_load,
 )
 from .config import ObjectiveConfig, RunConfig, TrainingConfig
 from .nonfinite import NonFiniteGuard
@@ -136,10 +137,15 @@ def train(
     run_state = {"train_batch_size": opt.train_batch_size, "num_processes": accelerator.num_processes}
     candidates = resume_candidates(run.output_dir, run.resume_from_checkpoint)
     for index, candidate in enumerate(candidates):
+        last_chance = run.resume_from_checkpoint != "latest" or index == len(candidates) - 1
+        # every process answers before any loads, so that all skip a checkpoint one of them must not read
+        problem = next((p for p in gather_object([unsafe_to_load(accelerator, candidate)]) if p), None)
         try:
+            if problem:
+                raise ValueError(problem)
             global_step = load_checkpoint(accelerator, candidate, lambda folder: load_ema(ema, names, folder))
         except Exception as error:  # a checkpoint that cannot be read: with "latest", fall back to the one before
-            if run.resume_from_checkpoint != "latest" or index == len(candidates) - 1:
+            if last_chance:
                 raise ValueError(f"Could not resume from {candidate} ({type(error).__name__}: {error}).") from error
             logger.warning("Skipping %s, which could not be loaded (%s: %s)", candidate, type(error).__name__, error)
             continue
