@@ -140,7 +140,8 @@ def test_latent_training_with_precomputed_latents(bars, tmp_path):
             )
         )
     )
-    assert list((tmp_path / "latent").glob("latents-*.pt"))
+    (cache,) = (tmp_path / "latent" / "cache").glob("latents-*")  # the sharded on-disk latent cache
+    assert (cache / "manifest.json").exists() and list(cache.glob("shard-*.safetensors"))
     pipe = DiffusionPipeline.from_pretrained(out)
     assert (
         pipe.vae is not None and pipe.transformer.config.in_channels == 4 and pipe.transformer.config.sample_size == 4

@@ -14,7 +14,6 @@ import os
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
 from diffusers.utils import make_image_grid
 
 from dit_pipelines import DIT_PRESETS, DiTDDPMScheduler, DiTImagePipeline, DiTModel
@@ -22,12 +21,14 @@ from dit_pipelines.data import class_names, load_image_dataset
 from dit_pipelines.pipelines.saved_layout import transformer_folder
 from dit_pipelines.training import (
     ImageDataConfig,
+    LatentConfig,
     TrainingConfig,
     add_arguments,
     add_training_arguments,
     build_training_images,
     drop_labels,
     from_arguments,
+    load_vae,
     make_accelerator,
     noise_scheduler_for,
     resolve_resume_path,
@@ -38,7 +39,7 @@ from dit_pipelines.training import (
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p, ImageDataConfig)
+    add_arguments(p, ImageDataConfig, LatentConfig)
     model = p.add_argument_group("model")
     model.add_argument("--preset", default="DiT-S/4", choices=sorted(DIT_PRESETS), help="DiT size and patch")
     for name in ("hidden_size", "depth", "num_heads", "patch_size"):
@@ -51,7 +52,6 @@ def parse_args(argv=None):
     )
     model.add_argument("--class_dropout_prob", type=float, default=0.1, help="label dropout for guidance")
     model.add_argument("--init_from", default=None, help="start from a saved DiTModel or DiTImagePipeline folder")
-    model.add_argument("--vae", default=None, help="AutoencoderKL path or repo id: train on its latents")
     add_training_arguments(p)
     p.add_argument("--validation_images_per_class", type=int, default=2, help="columns of the validation grids")
     args = p.parse_args(argv)
@@ -108,12 +108,12 @@ def sample_grid(pipe, num_classes: int, columns: int, config: TrainingConfig, ac
 def main(args) -> str:
     config = TrainingConfig.from_arguments(args)
     objective, run = config.objective, config.run
-    data_config = from_arguments(ImageDataConfig, args)
+    data_config, latent_config = from_arguments(ImageDataConfig, args), from_arguments(LatentConfig, args)
     accelerator = make_accelerator(config)
     resolve_resume_path(run.output_dir, run.resume_from_checkpoint)  # fail before any work
 
     # Data and model.
-    vae = AutoencoderKL.from_pretrained(args.vae).to(accelerator.device).eval() if args.vae else None
+    vae = load_vae(latent_config, accelerator.device)
     dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column, args.dataset_config)
     if args.max_train_samples:
         dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
@@ -121,7 +121,7 @@ def main(args) -> str:
     patch_size = args.patch_size or DIT_PRESETS[args.preset]["patch_size"]
     if args.init_from:
         patch_size = DiTModel.load_config(transformer_folder(args.init_from))["patch_size"]
-    data = build_training_images(dataset, data_config, vae, args.vae, patch_size, run.output_dir, accelerator)
+    data = build_training_images(dataset, data_config, latent_config, vae, patch_size, run.output_dir, accelerator)
     model = build_model(args, data.channels, data.sample_size, len(names))
     noise_scheduler = noise_scheduler_for(objective, run, model.config.learn_sigma)
     # classifier-free guidance: labels dropped to the null class ("no label") at the model's class_dropout_prob

@@ -19,6 +19,7 @@ from .config import (
     option,
 )
 from .image_data import ImageDataConfig, TrainingImages, build_training_images
+from .latent_cache import CachedSamples, LatentConfig, load_vae
 from .latents import (
     clips_first,
     encode_clip_posteriors,
@@ -29,9 +30,17 @@ from .latents import (
 )
 from .loop import make_accelerator, noise_scheduler_for, sampling_scheduler_for, save_training_args, train
 from .sampler import ShardedEpochSampler
+from .sharded_cache import Field, ShardedCache, fill_cache, module_fingerprint
 
 __all__ = [
+    "CachedSamples",
     "CaptionTable",
+    "Field",
+    "LatentConfig",
+    "ShardedCache",
+    "fill_cache",
+    "load_vae",
+    "module_fingerprint",
     "HubConfig",
     "ImageDataConfig",
     "ObjectiveConfig",

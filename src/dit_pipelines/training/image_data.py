@@ -1,8 +1,6 @@
 """Training inputs of class-conditional image DiTs: labelled images as [-1, 1] tensors, or VAE latents encoded per
-batch or once and cached (`precompute_latents`), with random horizontal flips."""
+batch or once into the on-disk latent cache (`LatentConfig.precompute_latents`), with random horizontal flips."""
 
-import hashlib
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -12,7 +10,17 @@ from torch.utils.data import Dataset
 from ..data.images import image_transform, label_index
 from ..latents import signed_to_uint8, uint8_to_signed, vae_scale_factor
 from .config import option
-from .latents import encode_latents, encode_posteriors, sample_latents
+from .latent_cache import (
+    CACHE_DTYPES,
+    CachedSamples,
+    LatentConfig,
+    cache_root,
+    fill_latent_cache,
+    posterior_stack,
+    vae_key,
+)
+from .latents import encode_latents, sample_latents
+from .sharded_cache import Field
 
 PRELOAD_BYTES = 2 << 30  # datasets whose resized images fit in 2 GiB are decoded once and kept in memory
 
@@ -29,7 +37,6 @@ class ImageDataConfig:
     resolution: Optional[int] = option(None, "training image size (default: the data's)")
     random_flip: bool = option(False, "flip images horizontally at random (DiT does on ImageNet)")
     max_train_samples: Optional[int] = option(None, "use the first N samples only")
-    precompute_latents: bool = option(False, "with a VAE: encode the data once, posterior mean and std")
 
 
 class LabelledImages(Dataset):
@@ -55,19 +62,6 @@ class LabelledImages(Dataset):
         return {"pixels": pixels, "label": self.labels[i]}
 
 
-class CachedLatents(Dataset):
-    """Posterior means and standard deviations of the VAE for each image (and its mirror image)."""
-
-    def __init__(self, cache: dict):
-        self.cache = cache
-
-    def __len__(self):
-        return len(self.cache["label"])
-
-    def __getitem__(self, i):
-        return {key: value[i] for key, value in self.cache.items()}
-
-
 @dataclass
 class TrainingImages:
     """The dataset the loop iterates and how a batch of it becomes the model input."""
@@ -83,11 +77,11 @@ class TrainingImages:
         save, so a resumed run draws what an uninterrupted one would."""
         labels = batch["label"].to(device)
         flip = (torch.rand(labels.shape[0], device=device) < 0.5)[:, None, None, None] if self.random_flip else None
-        if "mean" in batch:  # cached latents: choose the mirror image, then sample the posterior
-            mean, std = batch["mean"].to(device), batch["std"].to(device)
+        if "latents" in batch:  # cached posteriors (B, 2 or 4, C, h, w): choose the mirror image, then sample
+            cached = batch["latents"].to(device, torch.float32)
+            mean, std = cached[:, 0], cached[:, 1]
             if flip is not None:
-                mean = torch.where(flip, batch["mean_flipped"].to(device), mean)
-                std = torch.where(flip, batch["std_flipped"].to(device), std)
+                mean, std = torch.where(flip, cached[:, 2], mean), torch.where(flip, cached[:, 3], std)
             return sample_latents(mean, std, self.vae.config), labels
         pixels = batch["pixels"].to(device)
         if flip is not None:
@@ -95,26 +89,11 @@ class TrainingImages:
         return (pixels if self.vae is None else encode_latents(self.vae, pixels)), labels
 
 
-def encode_all(images: LabelledImages, vae, device, batch_size: int = 64, flips: bool = False) -> dict:
-    """The latent cache: posteriors of every image (and of its mirror image with `flips`) and the labels."""
-
-    def batches(flipped: bool):
-        for start in range(0, len(images), batch_size):
-            pixels = torch.stack([images[i]["pixels"] for i in range(start, min(start + batch_size, len(images)))])
-            yield pixels.flip(-1) if flipped else pixels
-
-    cache = {**encode_posteriors(vae, batches(False), device), "label": torch.tensor(images.labels)}
-    if flips:
-        mirrored = encode_posteriors(vae, batches(True), device)
-        cache.update(mean_flipped=mirrored["mean"], std_flipped=mirrored["std"])
-    return cache
-
-
 def build_training_images(
-    dataset, config: ImageDataConfig, vae, vae_name: Optional[str], patch_size: int, output_dir: str, accelerator
+    dataset, config: ImageDataConfig, latents: LatentConfig, vae, patch_size: int, output_dir: str, accelerator
 ) -> TrainingImages:
     """Check the sizes against the patch grid and wrap the data for the training loop; with
-    `config.precompute_latents`, encode it once on the main process into `output_dir` (the others wait and read)."""
+    `latents.precompute_latents`, encode it once into the on-disk latent cache (every process its own shards)."""
     first = dataset[0][config.image_column]
     channels = 1 if first.mode in ("L", "1", "I", "I;16", "F") else 3
     resolution = config.resolution or min(first.size)
@@ -130,14 +109,32 @@ def build_training_images(
         channels = vae.config.in_channels  # e.g. grayscale data through an RGB VAE
     images = LabelledImages(dataset, config.image_column, config.label_column, resolution, channels)
     model_channels = vae.config.latent_channels if vae is not None else channels
-    if vae is None or not config.precompute_latents:
+    if vae is None or not latents.precompute_latents:
         return TrainingImages(images, model_channels, grid, vae, config.random_flip)
 
-    key = f"{dataset._fingerprint}-{vae_name}-{resolution}-{config.random_flip}"
-    path = os.path.join(output_dir, f"latents-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt")
-    if accelerator.is_main_process and not os.path.exists(path):
-        os.makedirs(output_dir, exist_ok=True)
-        torch.save(encode_all(images, vae, accelerator.device, flips=config.random_flip), path + ".tmp")
-        os.replace(path + ".tmp", path)
-    accelerator.wait_for_everyone()
-    return TrainingImages(CachedLatents(torch.load(path)), model_channels, grid, vae, config.random_flip)
+    key = {
+        "kind": "image posteriors",
+        "dataset": dataset._fingerprint,
+        "resolution": resolution,
+        "channels": channels,
+        "flips": config.random_flip,
+        **vae_key(vae, latents),
+    }
+    stacked = 4 if config.random_flip else 2
+
+    def encode_rows(rows):
+        pixels = torch.stack([images[i]["pixels"] for i in rows])
+        stack = posterior_stack(vae, pixels, latents.vae_batch_size, flips=config.random_flip)
+        return {"latents": stack, "label": torch.tensor([images.labels[i] for i in rows])}
+
+    cache = fill_latent_cache(
+        cache_root(latents, output_dir),
+        key,
+        len(images),
+        (stacked, model_channels, grid, grid),
+        CACHE_DTYPES[latents.latent_cache_dtype],
+        encode_rows,
+        accelerator,
+        extra_fields={"label": Field((), torch.int64)},
+    )
+    return TrainingImages(CachedSamples(cache), model_channels, grid, vae, config.random_flip)

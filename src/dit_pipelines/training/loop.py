@@ -109,7 +109,12 @@ def train(
         trainable, lr=opt.learning_rate, betas=(opt.adam_beta1, opt.adam_beta2), weight_decay=opt.adam_weight_decay
     )
     sampler = ShardedEpochSampler(
-        len(dataset), opt.train_batch_size, opt.seed, accelerator.process_index, accelerator.num_processes
+        len(dataset),
+        opt.train_batch_size,
+        opt.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
+        epoch_keys=getattr(dataset, "epoch_keys", False),  # (epoch, index) keys, for per-epoch random crops
     )
     loader = DataLoader(
         dataset,
@@ -117,6 +122,7 @@ def train(
         sampler=sampler,
         drop_last=True,
         num_workers=opt.dataloader_num_workers,
+        collate_fn=getattr(dataset, "collate_fn", None),  # datasets that read whole batches, or batch strings
         generator=torch.Generator(),
     )
     steps_per_epoch = sampler.batches_per_epoch // opt.gradient_accumulation_steps

@@ -12,10 +12,19 @@ class ShardedEpochSampler(Sampler[int]):
     An epoch is a permutation of the dataset cut into global batches of `batch_size * num_processes`; process r
     takes the r-th slice of each. The order depends on nothing but the seed and the epoch, so a run resumed at
     (epoch, batch) sees exactly the batches an uninterrupted run would (`set_position`), and no global RNG is used.
+    With `epoch_keys` it yields (epoch, index) pairs, for datasets whose samples vary by epoch (random clip starts).
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, num_processes: int = 1):
-        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        num_processes: int = 1,
+        epoch_keys: bool = False,
+    ):
+        self.num_samples, self.batch_size, self.seed, self.epoch_keys = num_samples, batch_size, seed, epoch_keys
         self.rank, self.num_processes = rank, num_processes
         self.batches_per_epoch = num_samples // (batch_size * num_processes)
         if self.batches_per_epoch == 0:
@@ -36,4 +45,5 @@ class ShardedEpochSampler(Sampler[int]):
         step = self.batch_size * self.num_processes
         for b in range(self.start_batch, self.batches_per_epoch):
             start = b * step + self.rank * self.batch_size
-            yield from order[start : start + self.batch_size].tolist()
+            indices = order[start : start + self.batch_size].tolist()
+            yield from ((self.epoch, i) for i in indices) if self.epoch_keys else indices
