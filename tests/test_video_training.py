@@ -60,7 +60,8 @@ def train_video(output_dir, clips, *extra) -> str:
 def video_args(output_dir, clips, *extra):
     dataset, t5 = clips
     return [
-        *("--dataset", dataset, "--text_encoder", t5, "--train_batch_size", "8", "--hidden_size", "32"),
+        *("--dataset_name", dataset, "--text_encoder", t5, "--train_batch_size", "8", "--hidden_size", "32"),
+        *("--num_frames", "8", "--max_sequence_length", "24"),
         *("--depth", "1", "--sampling_respacing", "3", "--num_inference_steps", "3", "--output_dir", str(output_dir)),
         *extra,
     ]
@@ -155,9 +156,7 @@ def test_video_errors(clips, tmp_path):
 
 
 def test_caption_parts_and_the_caption_each_sample_trains_with():
-    from dit_pipelines.training import CaptionTable, training_caption_ids
-    from examples.mnist.text_encoder import small_t5_encoder, train_t5_tokenizer
-
+    from dit_pipelines.training import training_caption_ids, training_captions
     images = torch.zeros(20, 28, 28, dtype=torch.uint8).numpy()
     data = make_moving_mnist(images, [i % 10 for i in range(20)], num_clips=30, max_digits=2, seed=0)
     for row in data:
@@ -168,13 +167,17 @@ def test_caption_parts_and_the_caption_each_sample_trains_with():
         else:  # two digits: no parts, the whole caption stays
             assert row["caption_parts"] == []
     assert {len(r["digits"]) for r in data} == {1, 2}
-    tokenizer = train_t5_tokenizer(every_caption(data), model_max_length=24)
-    table = CaptionTable(tokenizer, small_t5_encoder(len(tokenizer), d_model=16), every_caption(data), 24)
-    parts = table.part_ids(data["caption"], data["caption_parts"])
-    for row, ids in zip(data, parts.tolist()):
-        expected = row["caption_parts"] or [row["caption"], row["caption"]]
-        assert [table.captions[i] for i in ids] == expected
-    assert table.captions[table.empty] == "" and table.embeds.shape[:2] == (len(table.captions), 24)
+    # the strings each sample trains with: u below 0.1 drops the caption, the next 0.2 picks one of its parts
+    u = torch.tensor([0.05, 0.15, 0.25, 0.5]).repeat(len(data))[: len(data)]
+    chosen = training_captions(u, data["caption"], data["caption_parts"], dropout_prob=0.1, part_dropout_prob=0.2)
+    for row, draw, caption in zip(data, u.tolist(), chosen):
+        parts = row["caption_parts"]
+        if draw < 0.1:
+            assert caption == ""
+        elif draw < 0.3 and parts:
+            assert caption == parts[0 if draw < 0.2 else 1]
+        else:
+            assert caption == row["caption"]
 
     u = (torch.arange(1000) + 0.5) / 1000  # no draw on a boundary
     whole, empty = torch.full((1000,), 7), 0

@@ -1,56 +1,64 @@
-"""Train a text-to-video DiT (`VideoDiTModel`) with Accelerate on your own captioned clips, with the image script's
-machinery (hybrid loss, EMA, checkpoints and exact resume, mixed precision, accumulation) and a saved
-`DiTTextToVideoPipeline` at the end.
+"""Train a text-to-video DiT (`VideoDiTModel`) with Accelerate on your own captioned video files, with the image
+script's machinery (hybrid loss, EMA, checkpoints and exact resume, mixed precision, accumulation, DDP or FSDP) and a
+saved `DiTTextToVideoPipeline` at the end.
 
-    accelerate launch training/train_video_dit.py --dataset path/to/clips --text_encoder google/t5-v1_1-base \
-        --vae path/to/vae --precompute_latents --output_dir outputs/t2v
+    accelerate launch training/train_video_dit.py --train_data_dir my_videos --pretrained_text_encoder \
+        google/t5-v1_1-base --vae stabilityai/sd-vae-ft-ema --num_frames 16 --resolution 256 \
+        --precompute_latents --precompute_text_embeddings --output_dir outputs/t2v
 
-`--dataset` is a folder saved with `datasets.save_to_disk` whose rows have a `video` (frames, height, width) uint8
-array and a `caption`. `--text_encoder` is a T5 (a folder or Hub repo, plain or with tokenizer/ and text_encoder/
-sub-folders); it stays frozen, and the embeddings of every distinct caption are computed once. Captions are dropped
-(replaced by the empty prompt, the pipeline's negative prompt) with `--caption_dropout_prob`, for classifier-free
-guidance. Optional columns: `caption_parts` (shorter captions that each carry part of the caption's meaning, trained
-alone with `--caption_part_dropout_prob`, so that the model learns to compose them) and `image_caption` (what a
-single frame shows, for joint image-video training with `--image_batch_size`).
+`--train_data_dir` is a `datasets` videofolder: video files (mp4, webm, ...) with a `metadata.jsonl` whose rows name
+a `file_name` and a caption (`--caption_column`); `--dataset_name` takes any `datasets` dataset (a name, a repo id or
+a `save_to_disk` folder) with a video column and a caption column. Videos are decoded with PyAV in the DataLoader's
+workers (`--dataloader_num_workers`); clips of `--num_frames` frames every `--frame_stride` (or at `--fps`) start at
+random each epoch (`--clip_start`) and are resized and centre-cropped to `--resolution` or `--height` x `--width`.
+
+`--pretrained_text_encoder` is a T5 (a folder or repo id, plain like google/t5-v1_1-xxl or with tokenizer/ and
+text_encoder/ sub-folders); it stays frozen and encodes each batch's captions, or every caption once into an on-disk
+cache with `--precompute_text_embeddings`. `--precompute_latents` encodes every clip once into an on-disk cache of VAE
+posteriors; both caches are sharded, written by all processes, resumable after a kill, and reused only by runs with
+the same data, encoder and sizes. Captions are dropped (replaced by the empty prompt, the pipeline's negative prompt)
+with `--caption_dropout_prob`, for classifier-free guidance. Optional columns: `caption_parts` (shorter captions that
+each carry part of the caption's meaning, trained alone with `--caption_part_dropout_prob`) and `image_caption`
+(what a single frame shows, for joint image-video training with `--image_batch_size`).
 """
 
 import argparse
 import os
 
 import torch
-from diffusers import AutoencoderKL
 from diffusers.utils import export_to_gif, make_image_grid
 
 from dit_pipelines import DiTModel, DiTTextToVideoPipeline, VideoDiTModel
-from dit_pipelines.data import frames_as_tensor, load_video_dataset
-from dit_pipelines.latents import uint8_to_signed, vae_scale_factor
+from dit_pipelines.data.video_files import load_captioned_videos
 from dit_pipelines.pipelines.saved_layout import transformer_folder
 from dit_pipelines.training import (
-    CaptionTable,
+    CaptionEncoder,
+    LatentConfig,
+    TextEmbeddingCache,
     TrainingConfig,
+    VideoDataConfig,
+    add_arguments,
     add_training_arguments,
-    clips_first,
-    encode_clip_posteriors,
-    encode_latents,
-    frames_first,
+    build_training_clips,
+    from_arguments,
     load_text_encoder,
+    load_vae,
     make_accelerator,
     noise_scheduler_for,
     resolve_resume_path,
-    sample_latents,
     sampling_scheduler_for,
     train,
-    training_caption_ids,
+    training_captions,
 )
+from dit_pipelines.training.latent_cache import cache_root
+
+WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # the frozen T5 runs in the mixed-precision dtype
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = p.add_argument_group("data")
-    data.add_argument("--dataset", required=True, help="a save_to_disk folder with video and caption columns")
-    data.add_argument("--split", default="train")
-    data.add_argument("--max_train_samples", type=int, default=None, help="use the first N clips only")
-    data.add_argument(
+    add_arguments(p, VideoDataConfig, LatentConfig)
+    p.add_argument(
         "--image_batch_size",
         type=int,
         default=0,
@@ -70,6 +78,7 @@ def parse_args(argv=None):
         action="store_true",
         help="the caption's mean T5 token also conditions adaLN (with the timestep)",
     )
+    model.add_argument("--init_from", default=None, help="start from a VideoDiTModel or DiTTextToVideoPipeline folder")
     model.add_argument(
         "--init_from_image_dit",
         default=None,
@@ -80,11 +89,14 @@ def parse_args(argv=None):
         action="store_true",
         help="train only what the image DiT lacks (VideoDiTModel.freeze_image_layers)",
     )
-    model.add_argument("--vae", default=None, help="AutoencoderKL folder or repo id (frames are encoded one by one)")
-    model.add_argument("--precompute_latents", action="store_true", help="encode every frame once")
     text = p.add_argument_group("text")
-    text.add_argument("--text_encoder", required=True, help="a T5 folder or repo id (see above)")
-    text.add_argument("--max_sequence_length", type=int, default=24)
+    text.add_argument(
+        "--pretrained_text_encoder", "--text_encoder", required=True, help="a T5 folder or repo id (see above)"
+    )
+    text.add_argument("--max_sequence_length", type=int, default=120, help="caption tokens (longer ones are cut)")
+    text.add_argument(
+        "--precompute_text_embeddings", action="store_true", help="encode every caption once into an on-disk cache"
+    )
     text.add_argument("--caption_dropout_prob", type=float, default=0.1)
     text.add_argument(
         "--caption_part_dropout_prob",
@@ -97,10 +109,26 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.train_temporal_only and not args.init_from_image_dit:
         p.error("--train_temporal_only freezes the layers copied from --init_from_image_dit; pass that too")
+    if (args.train_data_dir is None) == (args.dataset_name is None):
+        p.error("pass one of --train_data_dir (a videofolder) and --dataset_name")
     return args
 
 
-def build_model(args, in_channels, sample_size, sample_frames, text_dim) -> VideoDiTModel:
+def build_model(args, clips, text_dim) -> VideoDiTModel:
+    in_channels, sample_size, sample_frames = clips.channels, clips.height, clips.num_frames
+    if args.init_from:
+        model = VideoDiTModel.from_pretrained(transformer_folder(args.init_from))
+        c = model.config
+        if c.text_embed_dim != text_dim:
+            raise ValueError(
+                f"The text encoder gives {text_dim}-wide embeddings, but the model at {args.init_from} takes "
+                f"text_embed_dim={c.text_embed_dim} in its cross-attention: use the T5 it was trained with."
+            )
+        if c.in_channels != in_channels:
+            raise ValueError(
+                f"The model at {args.init_from} takes {c.in_channels} channels, the data has {in_channels}."
+            )
+        return model
     config = dict(
         sample_frames=sample_frames,
         text_embed_dim=text_dim,
@@ -130,70 +158,57 @@ def build_model(args, in_channels, sample_size, sample_frames, text_dim) -> Vide
     )
 
 
-class Clips(torch.utils.data.Dataset):
-    """Clips as model inputs (uint8 frames (F, H, W), or cached latent posteriors) with their caption ids: the
-    whole caption, its parts (K,) and the caption of a single frame."""
+def patch_size_of(args) -> int:
+    for folder, kind in ((args.init_from, VideoDiTModel), (args.init_from_image_dit, DiTModel)):
+        if folder:
+            return kind.load_config(transformer_folder(folder))["patch_size"]
+    return args.patch_size
 
-    def __init__(self, inputs: dict, captions: torch.Tensor, parts: torch.Tensor, image_captions: torch.Tensor):
-        self.inputs, self.captions, self.parts, self.image_captions = inputs, captions, parts, image_captions
 
-    def __len__(self):
-        return len(self.captions)
-
-    def __getitem__(self, i):
-        ids = {"caption": self.captions[i], "caption_parts": self.parts[i], "image_caption": self.image_captions[i]}
-        return {**{k: v[i] for k, v in self.inputs.items()}, **ids}
+def every_caption(data, caption_column: str) -> list:
+    """Every caption a step can train with: whole captions, their parts and the frames' captions."""
+    captions = set(data[caption_column])
+    for column in ("caption_parts", "image_caption"):
+        if column in data.column_names:
+            values = data[column]
+            captions.update(p for row in values for p in row) if column == "caption_parts" else captions.update(values)
+    return sorted(captions)
 
 
 def main(args) -> str:
     config = TrainingConfig.from_arguments(args)
     objective, run = config.objective, config.run
+    data_config, latent_config = from_arguments(VideoDataConfig, args), from_arguments(LatentConfig, args)
     accelerator = make_accelerator(config)
     resolve_resume_path(run.output_dir, run.resume_from_checkpoint)
     device = accelerator.device
-    clips = load_video_dataset(args.dataset, args.split)
+    data = load_captioned_videos(
+        args.train_data_dir, args.dataset_name, args.dataset_config, args.split, args.video_column, args.caption_column
+    )
     if args.max_train_samples:
-        clips = clips.select(range(min(args.max_train_samples, len(clips))))
-    captions = list(clips["caption"])
-    parts = list(clips["caption_parts"]) if "caption_parts" in clips.column_names else None
-    image_captions = list(clips["image_caption"]) if "image_caption" in clips.column_names else captions
-    tokenizer, text_encoder = load_text_encoder(args.text_encoder)
+        data = data.select(range(min(args.max_train_samples, len(data))))
+    tokenizer, text_encoder = load_text_encoder(args.pretrained_text_encoder)
     tokenizer.model_max_length = args.max_sequence_length  # the saved pipeline pads prompts as training did
-    every_caption = captions + image_captions + [p for row in parts or [] for p in row]
-    table = CaptionTable(tokenizer, text_encoder, every_caption, args.max_sequence_length)
-
-    video = frames_as_tensor(clips)  # (N, C, F, H, W) uint8
-    pixel_channels, num_frames, frame_size, frame_width = video.shape[1:]
-    vae = AutoencoderKL.from_pretrained(args.vae).to(device).eval() if args.vae else None
-    factor = vae_scale_factor(vae)
-    patch = args.patch_size
-    if args.init_from_image_dit:
-        patch = DiTModel.load_config(transformer_folder(args.init_from_image_dit))["patch_size"]
-    if frame_size % (factor * patch) or frame_width != frame_size:
-        raise ValueError(
-            f"Frames must be square with a side that is a multiple of {factor * patch} (VAE factor {factor} x patch "
-            f"size {patch}), got {frame_size}x{frame_width}."
+    weight_dtype = WEIGHT_DTYPES.get(config.optimization.mixed_precision, torch.float32)
+    text = CaptionEncoder(tokenizer, text_encoder, args.max_sequence_length, device, weight_dtype)
+    vae = load_vae(latent_config, device)
+    workers = config.optimization.dataloader_num_workers
+    seed = config.optimization.seed
+    clips = build_training_clips(
+        data, data_config, latent_config, vae, patch_size_of(args), seed, run.output_dir, accelerator, workers
+    )
+    if args.precompute_text_embeddings:
+        captions = every_caption(data, args.caption_column)
+        text = TextEmbeddingCache(
+            text, captions, cache_root(latent_config, run.output_dir), accelerator, data._fingerprint
         )
-    if vae is not None and vae.config.in_channels != pixel_channels:
-        raise ValueError(f"The VAE takes {vae.config.in_channels}-channel frames; the clips have {pixel_channels}.")
-    inputs = encode_clip_posteriors(vae, video, device) if vae and args.precompute_latents else {"video": video}
-    channels = vae.config.latent_channels if vae else pixel_channels
-    model = build_model(args, channels, frame_size // factor, num_frames, text_encoder.config.d_model)
+    model = build_model(args, clips, text_encoder.config.d_model)
     noise_scheduler = noise_scheduler_for(objective, run, model.config.learn_sigma)
-    dataset = Clips(inputs, table.ids(captions), table.part_ids(captions, parts), table.ids(image_captions))
 
-    def latents(batch):
-        if "mean" in batch:
-            return sample_latents(batch["mean"].to(device), batch["std"].to(device), vae.config)
-        x = uint8_to_signed(batch["video"].to(device))  # (B, C, F, H, W)
-        return x if vae is None else clips_first(encode_latents(vae, frames_first(x)), len(x))
-
-    def diffusion_loss(model, x0, caption_ids, part_ids):
-        u = torch.rand(len(caption_ids), device=device).cpu()
-        ids = training_caption_ids(
-            u, caption_ids.cpu(), part_ids.cpu(), table.empty, args.caption_dropout_prob, args.caption_part_dropout_prob
-        )
-        states, mask = table.lookup(ids, device)
+    def diffusion_loss(model, x0, captions, parts):
+        u = torch.rand(len(captions), device=device).cpu()
+        chosen = training_captions(u, captions, parts, args.caption_dropout_prob, args.caption_part_dropout_prob)
+        states, mask = text.embed(chosen, device)
         noise = torch.randn_like(x0)
         t = torch.randint(0, objective.num_train_timesteps, (len(x0),), device=device)
         output = model(
@@ -202,14 +217,15 @@ def main(args) -> str:
         return noise_scheduler.training_loss(output.float(), x0, noise, t, vlb_weight=objective.vlb_weight)
 
     def loss_fn(model, batch):
-        x0 = latents(batch)
-        losses = diffusion_loss(model, x0, batch["caption"], batch["caption_parts"])
+        x0 = clips.to_model_input(batch, device)
+        captions = batch["caption"]
+        losses = diffusion_loss(model, x0, captions, batch.get("caption_parts") or [[] for _ in captions])
         if args.image_batch_size:  # single frames of random clips of the batch, with their image captions
             pick = torch.randint(0, len(x0), (args.image_batch_size,), device=device)
             frame = torch.randint(0, x0.shape[2], (args.image_batch_size,), device=device)
             images = x0[pick, :, frame][:, :, None]  # (N, C, 1, h, w)
-            image_ids = batch["image_caption"][pick.cpu()]
-            image_losses = diffusion_loss(model, images, image_ids, image_ids[:, None])
+            image_captions = [batch.get("image_caption", captions)[i] for i in pick.tolist()]
+            image_losses = diffusion_loss(model, images, image_captions, [[] for _ in image_captions])
             for name in ("loss", "mse", "vlb"):
                 if getattr(losses, name) is not None:
                     setattr(losses, name, torch.cat([getattr(losses, name), getattr(image_losses, name)]))
@@ -219,7 +235,12 @@ def main(args) -> str:
         scheduler = sampling_scheduler_for(run, noise_scheduler)
         return DiTTextToVideoPipeline(tokenizer, text_encoder, model, scheduler, vae=vae)
 
-    prompts = args.validation_prompts or list(dict.fromkeys(captions))[:4]
+    def final_pipeline(model):  # the T5 saved as loaded, in float32, whatever precision training ran it in
+        text_encoder.to(torch.float32)
+        return pipeline(model)
+
+    first_captions = data.select(range(min(len(data), 256)))[args.caption_column]
+    prompts = args.validation_prompts or list(dict.fromkeys(first_captions))[:4]
 
     def validate(model, step):
         pipe = pipeline(model)
@@ -237,7 +258,9 @@ def main(args) -> str:
         export_to_gif(strip, os.path.join(folder, f"step-{step}.gif"), fps=4)
 
     hyperparameters = {**vars(args), "validation_prompts": prompts}  # the card's usage example
-    train(accelerator, config, model, dataset, loss_fn, validate, pipeline, "train_video_dit", hyperparameters)
+    train(
+        accelerator, config, model, clips.dataset, loss_fn, validate, final_pipeline, "train_video_dit", hyperparameters
+    )
     return run.output_dir
 
 

@@ -195,6 +195,10 @@ class VideoClips(torch.utils.data.Dataset):
 
     epoch_keys = True
 
+    @staticmethod
+    def collate_fn(items: list) -> dict:
+        return collate_clips(items)
+
     def __init__(
         self,
         data,
@@ -252,11 +256,17 @@ class VideoClips(torch.utils.data.Dataset):
         item.update({column: row[column] for column in self.extra_columns})
         return item
 
-    def first_frame_size(self) -> Tuple[int, int]:
-        """(height, width) of the first usable video's frames, as stored."""
+    def stored_format(self) -> Tuple[int, int, int]:
+        """(height, width, channels) of the first usable video as stored: decoded frames say their channels (an
+        (F, H, W) array has one), files have one if their pixel format is grayscale, else 3."""
         source = self.data[int(self.rows[0])][self.video_column]
-        frames = decode_frames(source, [0], self.sampling.channels)
-        return frames.shape[1], frames.shape[2]
+        if not isinstance(source, (str, dict)):
+            frames = np.asarray(source)
+            return frames.shape[1], frames.shape[2], 1 if frames.ndim == 3 else frames.shape[-1]
+        with _open(source) as container:
+            stream = container.streams.video[0]
+            gray = (stream.codec_context.pix_fmt or "").startswith("gray")
+            return stream.codec_context.height, stream.codec_context.width, 1 if gray else 3
 
 
 class _Probe(torch.utils.data.Dataset):

@@ -4,9 +4,9 @@ checkpoints, latent encoding and caching, and conditioning dropout for guidance.
     from dit_pipelines.training import TrainingConfig, add_training_arguments, make_accelerator, train
 """
 
-from .captions import CaptionTable, load_text_encoder
+from .captions import CaptionEncoder, TextEmbeddingCache, load_text_encoder
 from .checkpoints import checkpoints, read_state, resolve_resume_path, save_checkpoint
-from .conditioning import drop_labels, training_caption_ids
+from .conditioning import drop_labels, training_caption_ids, training_captions
 from .config import (
     HubConfig,
     ObjectiveConfig,
@@ -21,8 +21,8 @@ from .config import (
 from .image_data import ImageDataConfig, TrainingImages, build_training_images
 from .latent_cache import CachedSamples, LatentConfig, load_vae
 from .latents import (
+    clip_posteriors,
     clips_first,
-    encode_clip_posteriors,
     encode_latents,
     encode_posteriors,
     frames_first,
@@ -31,10 +31,16 @@ from .latents import (
 from .loop import make_accelerator, noise_scheduler_for, sampling_scheduler_for, save_training_args, train
 from .sampler import ShardedEpochSampler
 from .sharded_cache import Field, ShardedCache, fill_cache, module_fingerprint
+from .video_data import TrainingClips, VideoDataConfig, build_training_clips
 
 __all__ = [
     "CachedSamples",
-    "CaptionTable",
+    "CaptionEncoder",
+    "TextEmbeddingCache",
+    "TrainingClips",
+    "VideoDataConfig",
+    "build_training_clips",
+    "training_captions",
     "Field",
     "LatentConfig",
     "ShardedCache",
@@ -54,7 +60,7 @@ __all__ = [
     "build_training_images",
     "checkpoints",
     "clips_first",
-    "encode_clip_posteriors",
+    "clip_posteriors",
     "drop_labels",
     "encode_latents",
     "encode_posteriors",

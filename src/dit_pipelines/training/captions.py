@@ -1,12 +1,16 @@
-"""Captions for text-to-video training: the frozen T5 embeddings of every distinct caption, computed once, and the
-caption ids each clip carries (its whole caption and, where the data has them, shorter parts of it)."""
+"""Captions for text-to-video training: a frozen T5 (`load_text_encoder`), whose embeddings a training step gets
+either per batch (`CaptionEncoder`) or from an on-disk cache computed once (`TextEmbeddingCache`); both give the
+same zero-padded states and masks."""
 
+import hashlib
+import json
 import os
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Sequence, Tuple
 
 import torch
 
 from ..pipelines.text_encoding import encode_text
+from .sharded_cache import Field, fill_cache, module_fingerprint
 
 
 def load_text_encoder(path: str) -> Tuple[object, torch.nn.Module]:
@@ -31,33 +35,73 @@ def _has_subfolder(repo_id: str) -> bool:
         return False
 
 
-class CaptionTable:
-    """The T5 embeddings (K, L, D) and masks (K, L) of K distinct captions, the empty caption (the unconditional
-    prompt of classifier-free guidance) last, encoded once because the text encoder is frozen."""
+class CaptionEncoder:
+    """Caption embeddings for training, computed per batch by the frozen T5: `embed(captions)` gives (B, L, D)
+    states and (B, L) masks, L = `max_sequence_length`, padding positions zero (so that they equal what
+    `TextEmbeddingCache` returns). The encoder runs under `no_grad` in `dtype` (the mixed-precision dtype)."""
 
-    def __init__(self, tokenizer, text_encoder, captions: Iterable[str], max_sequence_length: int):
-        self.captions: List[str] = sorted(set(captions) - {""}) + [""]
+    def __init__(self, tokenizer, text_encoder, max_sequence_length: int, device, dtype=torch.float32):
+        self.tokenizer, self.max_sequence_length = tokenizer, max_sequence_length
+        self.text_encoder = text_encoder.to(device, dtype)
+
+    def embed(self, captions: Sequence[str], device) -> Tuple[torch.Tensor, torch.Tensor]:
+        states, mask = encode_text(self.tokenizer, self.text_encoder, list(captions), self.max_sequence_length, device)
+        return states * mask[..., None].to(states.dtype), mask
+
+
+class TextEmbeddingCache:
+    """The T5 embeddings of every distinct caption of a dataset, computed once into an on-disk `ShardedCache`
+    (`--precompute_text_embeddings`) by all processes, storing each caption's unpadded tokens (n_i, D); `embed`
+    pads them back to `max_sequence_length` with zeros. The caption -> row index is a dict in memory (a few dozen
+    bytes a caption); the embeddings stay on disk."""
+
+    def __init__(self, encoder: CaptionEncoder, captions: Iterable[str], root: str, accelerator, dataset_key: str):
+        self.captions: List[str] = sorted(set(captions) | {""})
         self.index = {caption: i for i, caption in enumerate(self.captions)}
-        self.empty = self.index[""]
-        self.embeds, self.masks = encode_text(
-            tokenizer, text_encoder, self.captions, max_sequence_length, torch.device("cpu")
+        self.max_sequence_length = encoder.max_sequence_length
+        text_encoder = encoder.text_encoder
+        digest = hashlib.sha1("\n".join(self.captions).encode()).hexdigest()[:16]
+        key = {
+            "kind": "caption embeddings",
+            "dataset": dataset_key,
+            "captions": digest,
+            "encoder": module_fingerprint(text_encoder),
+            "tokenizer": _tokenizer_fingerprint(encoder.tokenizer),
+            "max_sequence_length": self.max_sequence_length,
+            "dtype": str(text_encoder.dtype),
+        }
+        field = Field((None, text_encoder.config.d_model), text_encoder.dtype)
+
+        def encode_rows(rows, batch_size=64):
+            out = []
+            for start in range(rows.start, rows.stop, batch_size):
+                batch = self.captions[start : min(rows.stop, start + batch_size)]
+                states, mask = encoder.embed(batch, "cpu")
+                out += [s[: int(m.sum())] for s, m in zip(states, mask)]
+            return {"tokens": out}
+
+        self.cache = fill_cache(
+            root,
+            "text",
+            key,
+            len(self.captions),
+            {"tokens": field},
+            encode_rows,
+            process_index=accelerator.process_index,
+            num_processes=accelerator.num_processes,
+            wait=accelerator.wait_for_everyone,
         )
 
-    def ids(self, captions: Sequence[str]) -> torch.Tensor:
-        """(N,) ids of `captions`."""
-        return torch.tensor([self.index[c] for c in captions], dtype=torch.long)
+    def embed(self, captions: Sequence[str], device) -> Tuple[torch.Tensor, torch.Tensor]:
+        rows = self.cache.read([self.index[c] for c in captions])["tokens"]
+        states = torch.zeros(len(rows), self.max_sequence_length, rows[0].shape[-1], dtype=rows[0].dtype)
+        mask = torch.zeros(len(rows), self.max_sequence_length, dtype=torch.long)
+        for i, tokens in enumerate(rows):
+            states[i, : len(tokens)], mask[i, : len(tokens)] = tokens, 1
+        return states.to(device), mask.to(device)
 
-    def part_ids(self, captions: Sequence[str], parts: Optional[Sequence[Sequence[str]]]) -> torch.Tensor:
-        """(N, K) ids of each caption's parts, padded with the whole caption (K = the most parts of any caption;
-        1 where there are none)."""
-        parts = parts or [[] for _ in captions]
-        width = max([len(p) for p in parts] + [1])
-        return torch.tensor(
-            [[self.index[c] for c in (list(p) + [whole] * (width - len(p)))] for whole, p in zip(captions, parts)],
-            dtype=torch.long,
-        )
 
-    def lookup(self, ids: torch.Tensor, device) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The embeddings (N, L, D) and masks (N, L) of caption `ids` (N,), on `device`."""
-        ids = ids.cpu()
-        return self.embeds[ids].to(device), self.masks[ids].to(device)
+def _tokenizer_fingerprint(tokenizer) -> str:
+    """What identifies a tokenizer for the cache key: its vocabulary."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha1(json.dumps(vocab).encode()).hexdigest()[:16]

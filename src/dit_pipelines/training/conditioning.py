@@ -6,6 +6,8 @@ there: class labels replaced by the null class, captions by the empty caption or
 tensor([10,  4])
 """
 
+from typing import List, Sequence
+
 import torch
 
 
@@ -36,3 +38,27 @@ def training_caption_ids(
     cut = part_ids.gather(1, part.clamp(0, num_parts - 1)[:, None])[:, 0]
     ids = torch.where(is_part, cut, caption_ids)
     return torch.where(u < dropout_prob, torch.full_like(caption_ids, empty), ids)
+
+
+def training_captions(
+    u: torch.Tensor,
+    captions: Sequence[str],
+    parts: Sequence[Sequence[str]],
+    dropout_prob: float,
+    part_dropout_prob: float,
+) -> List[str]:
+    """`training_caption_ids` on strings: the caption each sample of a batch trains with, given its whole caption
+    and its parts (a list per sample, possibly empty; a sample without parts keeps its whole caption)."""
+    vocabulary = sorted(set(captions) | {p for row in parts for p in row} | {""})
+    index = {caption: i for i, caption in enumerate(vocabulary)}
+    width = max([len(row) for row in parts] + [1])
+    part_ids = [[index[p] for p in list(row) + [whole] * (width - len(row))] for whole, row in zip(captions, parts)]
+    ids = training_caption_ids(
+        u,
+        torch.tensor([index[c] for c in captions]),
+        torch.tensor(part_ids),
+        index[""],
+        dropout_prob,
+        part_dropout_prob,
+    )
+    return [vocabulary[i] for i in ids.tolist()]

@@ -1,12 +1,12 @@
 """VAE latents for training: the posterior of each image or video frame, encoded once and cached or per batch, and
 the latent sample x_0 ~ q(z | x) drawn from it at each step."""
 
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Tuple
 
 import torch
 from einops import rearrange
 
-from ..latents import scale_latents, uint8_to_signed
+from ..latents import scale_latents
 
 
 @torch.no_grad()
@@ -44,9 +44,15 @@ def clips_first(frames: torch.Tensor, batch: int) -> torch.Tensor:
     return rearrange(frames, "(b f) c h w -> b c f h w", b=batch)
 
 
-def encode_clip_posteriors(vae, video: torch.Tensor, device, batch_size: int = 256) -> Dict[str, torch.Tensor]:
-    """The latent cache of uint8 clips (N, C, F, H, W): posterior mean and std (N, C_latent, F, h, w) of every frame,
-    encoded `batch_size` frames at a time."""
+@torch.no_grad()
+def clip_posteriors(vae, video: torch.Tensor, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The VAE posterior mean and std (B, C_latent, F, h, w), float32 on the VAE's device, of every frame of clips
+    `video` (B, C, F, H, W) in [-1, 1], encoded `batch_size` frames at a time: what the latent cache stores of a
+    clip, and what a step without the cache samples x_0 from (so that both draw the same x_0)."""
     frames = frames_first(video)
-    batches = (uint8_to_signed(frames[i : i + batch_size]) for i in range(0, len(frames), batch_size))
-    return {key: clips_first(value, len(video)) for key, value in encode_posteriors(vae, batches, device).items()}
+    means, stds = [], []
+    for start in range(0, len(frames), batch_size):
+        posterior = vae.encode(frames[start : start + batch_size].to(vae.device, vae.dtype)).latent_dist
+        means.append(posterior.mean.float())
+        stds.append(posterior.std.float())
+    return clips_first(torch.cat(means), len(video)), clips_first(torch.cat(stds), len(video))
