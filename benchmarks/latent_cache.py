@@ -74,15 +74,18 @@ def read(root: str, n: int, dtype: str, batches: int, batch_size: int, workers: 
         scaling_factor, shift_factor = 0.18215, None
 
     data = TrainingImages(dataset, 4, 32, vae=type("VAE", (), {"config": _Config})(), random_flip=True)
-    seen, start = 0, None
-    for i, batch in enumerate(loader):
-        if i == 2:  # the first batches start the workers
-            start, seen = time.perf_counter(), 0
-        x0, labels = data.to_model_input(batch, "cpu")
-        assert x0.shape == (batch_size, 4, 32, 32) and torch.isfinite(x0).all()
-        seen += len(x0)
-        if i + 1 >= batches + 2:
-            break
+    seen, start, i, epoch = 0, None, 0, 0
+    while i < batches + 2:  # as many epochs as it takes
+        sampler.set_position(epoch)
+        for batch in loader:
+            if i == 2:  # the first batches start the workers
+                start, seen = time.perf_counter(), 0
+            x0, labels = data.to_model_input(batch, "cpu")
+            assert x0.shape == (batch_size, 4, 32, 32) and torch.isfinite(x0).all()
+            seen, i = seen + len(x0), i + 1
+            if i >= batches + 2:
+                break
+        epoch += 1
     seconds = time.perf_counter() - start
     del loader
     return {

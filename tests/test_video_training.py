@@ -157,6 +157,7 @@ def test_video_errors(clips, tmp_path):
 
 def test_caption_parts_and_the_caption_each_sample_trains_with():
     from dit_pipelines.training import training_caption_ids, training_captions
+
     images = torch.zeros(20, 28, 28, dtype=torch.uint8).numpy()
     data = make_moving_mnist(images, [i % 10 for i in range(20)], num_clips=30, max_digits=2, seed=0)
     for row in data:

@@ -285,7 +285,10 @@ class _Probe(torch.utils.data.Dataset):
 
 def _probe_all(data, column, num_workers: int) -> list:
     """`probe_video` of every row, as (frames, fps, error or None), in `num_workers` processes."""
-    loader = torch.utils.data.DataLoader(_Probe(data, column), batch_size=64, num_workers=num_workers, collate_fn=list)
+    # its own generator: iterating a loader draws a seed, which must not come from the training run's global RNG
+    loader = torch.utils.data.DataLoader(
+        _Probe(data, column), batch_size=64, num_workers=num_workers, collate_fn=list, generator=torch.Generator()
+    )
     return [probe for rows in loader for probe in rows]
 
 
@@ -294,3 +297,20 @@ def collate_clips(items: list) -> dict:
     batch = {key: [item[key] for item in items] for key in items[0]}
     batch["video"] = torch.stack(batch["video"])
     return batch
+
+
+def write_video(path: str, frames: np.ndarray, fps: float = 8) -> str:
+    """Write (F, H, W, 3) uint8 RGB frames (or (F, H, W) grayscale, stored as RGB) as an H.264 mp4 with PyAV (even
+    H and W): how the sandbox and the tests make video files. Returns `path`."""
+    from fractions import Fraction
+
+    import av
+
+    frames = _convert_channels(frames[..., None], 3) if frames.ndim == 3 else frames
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.height, stream.width, stream.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        container.mux(stream.encode())  # flush the encoder
+    return path

@@ -24,7 +24,10 @@ def encode_posteriors(vae, batches: Iterable[torch.Tensor], device) -> Dict[str,
 def sample_latents(mean: torch.Tensor, std: torch.Tensor, vae_config) -> torch.Tensor:
     """x_0 for a training step: a draw z = mean + std * eps of the posterior (global RNG, which checkpoints save),
     scaled to the diffusion model's space."""
-    return scale_latents(mean + std * torch.randn_like(mean), vae_config)
+    # randn in the logical order of the shape (randn_like would follow a permuted tensor's memory order, so that a
+    # cached and a freshly encoded posterior of the same clip would draw different eps)
+    eps = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype)
+    return scale_latents(mean + std * eps, vae_config)
 
 
 @torch.no_grad()

@@ -61,7 +61,8 @@ class TrainingClips:
         x = uint8_to_signed(batch["video"].to(device))  # (B, C, F, H, W)
         if self.vae is None:
             return x
-        return sample_latents(*clip_posteriors(self.vae, x, self.vae_batch_size), self.vae.config)
+        # contiguous, like the cached path's x_0: the loss's randn_like(x_0) follows memory order
+        return sample_latents(*clip_posteriors(self.vae, x, self.vae_batch_size), self.vae.config).contiguous()
 
 
 def build_training_clips(
@@ -120,6 +121,7 @@ def build_training_clips(
             batch_size=latents.vae_batch_size,
             num_workers=num_workers,
             collate_fn=collate_clips,
+            generator=torch.Generator(),  # a loader draws its workers' seed: never from the global RNG of the run
         )
         posteriors = [clip_posteriors(vae, uint8_to_signed(batch["video"]), latents.vae_batch_size) for batch in loader]
         mean, std = (torch.cat([p[k] for p in posteriors]).cpu() for k in (0, 1))
