@@ -1,7 +1,14 @@
-"""The sandbox's text-to-video data: Moving-MNIST clips generated from the real MNIST digits, saved as the
-`datasets` folder `training/train_video_dit.py --dataset` reads (video, caption, caption_parts, image_caption)."""
+"""The sandbox's text-to-video data: Moving-MNIST clips generated from the real MNIST digits, written as a user's
+data would be: a videofolder of RGB mp4 files plus `metadata.jsonl` (file_name, caption, caption_parts,
+image_caption), which `training/train_video_dit.py --train_data_dir` reads."""
+
+import json
+import os
+import shutil
 
 import numpy as np
+
+from dit_pipelines.data.video_files import write_video
 
 from .mnist_data import load_mnist
 from .moving_mnist import held_out_pairs, make_moving_mnist
@@ -37,10 +44,19 @@ def make_clips(args, split: str = "train"):
     )
 
 
-def save_clips(args, folder: str) -> str:
-    """`make_clips(args)` saved with `save_to_disk` into `folder`, replacing what a run with other options left
-    there (10,000 clips take a few seconds). Returns `folder`."""
-    make_clips(args).save_to_disk(folder)
+def save_clips(args, folder: str, fps: int = 8) -> str:
+    """`make_clips(args)` written into `folder` as a videofolder, replacing what a run with other options left
+    there: one mp4 a clip (grey digits stored as RGB, H.264 at crf 0, so that they decode to the generated pixels
+    within the colour conversion's rounding) and metadata.jsonl. Returns `folder`."""
+    clips = make_clips(args)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    columns = ("caption", "caption_parts", "image_caption")
+    with open(os.path.join(folder, "metadata.jsonl"), "w") as metadata:
+        for i, row in enumerate(clips):
+            name = f"clip-{i:05d}.mp4"
+            write_video(os.path.join(folder, name), np.asarray(row["video"], dtype=np.uint8), fps=fps, crf=0)
+            metadata.write(json.dumps({"file_name": name, **{c: row[c] for c in columns}}) + "\n")
     return folder
 
 

@@ -5,8 +5,9 @@ them and write a GIF.
     python -m examples.mnist.video_demo             # the full recipe: about 26 minutes on 2 CPU cores, all included
     python -m examples.mnist.video_demo --smoke     # a 1-minute smoke run of the same path
 
-The clips are saved as a `datasets` folder and the small T5 as tokenizer/ + text_encoder/ folders, which
-`training/train_video_dit.py` then trains on exactly as on a user's own clips and pretrained T5.
+The clips are written as a videofolder (one RGB mp4 a clip plus metadata.jsonl) and the small T5 as tokenizer/ +
+text_encoder/ folders, which `training/train_video_dit.py --train_data_dir ... --pretrained_text_encoder ...` then
+trains on exactly as on a user's own video files and pretrained T5 (through its latent and text-embedding caches).
 
 The held-out prompts ("the digit 0 moves up", "the digit 1 moves right", ...: one direction per
 digit, `held_out_pairs()`) never occur in training; every other (digit, direction) pair does.
@@ -32,7 +33,7 @@ at high noise stay far from the identity they must approach there, and its sampl
 import argparse
 import time
 
-from dit_pipelines.data import load_video_dataset
+from dit_pipelines.data.video_files import load_captioned_videos
 from training.train_video_dit import main as train
 from training.train_video_dit import parse_args as train_args
 
@@ -44,7 +45,8 @@ from .video_data import add_moving_mnist_args, every_caption, save_clips
 DATA = "--num_clips 10000 --num_frames 8 --frame_size 32 --digit_size 16 --speed 2".split()
 VAE_RECIPE = DATA + "--block_out_channels 16 32 64 --latent_channels 4 --max_train_steps 1500".split()
 RECIPE = (
-    "--precompute_latents --patch_size 1 --temporal_patch_size 2 --hidden_size 64 --depth 6 --num_heads 2 "
+    "--num_frames 8 --clip_start first --precompute_latents --precompute_text_embeddings "
+    "--patch_size 1 --temporal_patch_size 2 --hidden_size 64 --depth 6 --num_heads 2 "
     "--attention_layout full --pooled_text_conditioning --prediction_type v_prediction --train_batch_size 32 "
     "--max_train_steps 3800 --learning_rate 2e-3 --lr_scheduler constant_with_warmup --lr_warmup_steps 200 "
     "--ema_decay 0.999 --ema_warmup --checkpointing_steps 1000 --checkpoints_total_limit 1 --validation_steps 0 "
@@ -86,12 +88,13 @@ def main(args) -> dict:
     data = DATA + (SMOKE_DATA if args.smoke else []) + seed
     start = time.perf_counter()
     clips_dir = save_clips(clip_args(data), base + "-clips")
-    t5_dir = save_small_t5(base + "-t5", every_caption(load_video_dataset(clips_dir)), T5_WIDTH, MAX_TOKENS, args.seed)
-    vae_run = ["--dataset", clips_dir, "--output_dir", vae_dir]
+    captions = every_caption(load_captioned_videos(train_data_dir=clips_dir))
+    t5_dir = save_small_t5(base + "-t5", captions, T5_WIDTH, MAX_TOKENS, args.seed)
+    vae_run = ["--output_dir", vae_dir]  # the same clips, generated again from the same options and seed
     train_vae(vae_args(VAE_RECIPE + (VAE_SMOKE if args.smoke else []) + vae_run + seed))
     vae_minutes = (time.perf_counter() - start) / 60
-    run = ["--dataset", clips_dir, "--text_encoder", t5_dir, "--vae", vae_dir, "--output_dir", args.output_dir]
-    run += ["--max_sequence_length", str(MAX_TOKENS)]
+    run = ["--train_data_dir", clips_dir, "--pretrained_text_encoder", t5_dir, "--vae", vae_dir]
+    run += ["--output_dir", args.output_dir, "--max_sequence_length", str(MAX_TOKENS)]
     output_dir = train(train_args(RECIPE + (SMOKE if args.smoke else []) + run + seed))
     minutes = (time.perf_counter() - start) / 60
     print(f"Trained in {minutes:.1f} min (VAE {vae_minutes:.1f} min, video DiT {minutes - vae_minutes:.1f} min)")

@@ -299,9 +299,10 @@ def collate_clips(items: list) -> dict:
     return batch
 
 
-def write_video(path: str, frames: np.ndarray, fps: float = 8) -> str:
+def write_video(path: str, frames: np.ndarray, fps: float = 8, crf: Optional[int] = None) -> str:
     """Write (F, H, W, 3) uint8 RGB frames (or (F, H, W) grayscale, stored as RGB) as an H.264 mp4 with PyAV (even
-    H and W): how the sandbox and the tests make video files. Returns `path`."""
+    H and W; `crf` 0 is lossless in luma, libx264's default 23 is not): how the sandbox and the tests make video
+    files. Returns `path`."""
     from fractions import Fraction
 
     import av
@@ -310,6 +311,9 @@ def write_video(path: str, frames: np.ndarray, fps: float = 8) -> str:
     with av.open(path, "w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.height, stream.width, stream.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
+        stream.codec_context.thread_count = 1  # a few small frames: threads cost more than they save (3x here)
+        if crf is not None:
+            stream.options = {"crf": str(crf)}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
         container.mux(stream.encode())  # flush the encoder
