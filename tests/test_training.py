@@ -276,7 +276,8 @@ def test_the_loss_drops_labels_to_the_null_class_at_class_dropout_prob(bars, tmp
 
 
 def test_a_diverging_run_stops_with_an_error_and_saves_nothing_non_finite(bars, tmp_path):
-    from dit_pipelines.training.nonfinite import NonFiniteError, all_finite
+    from dit_pipelines.training.nonfinite import NonFiniteError
+    from dit_pipelines.training.sharding import all_finite_everywhere as all_finite
 
     options = "--learning_rate 1e6 --max_train_steps 40 --checkpointing_steps 2 --max_nonfinite_steps 2".split()
     with pytest.raises(NonFiniteError, match="not finite for 3 steps in a row .* Last good checkpoint: .*checkpoint-"):

@@ -10,6 +10,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from safetensors.torch import load_file, save_file
 
+from .sharding import full_tensors, shard_like
+
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "training_state.json"  # written last: a folder without it is not a complete checkpoint
 EMA_WEIGHTS, EMA_STATE = "ema.safetensors", "ema_state.json"
@@ -49,7 +51,7 @@ def save_checkpoint(
     write_extra: Optional[Callable[[str], None]] = None,
 ) -> str:
     """Save the full training state (model, optimizer, LR schedule and every process's RNG states, with
-    `accelerator.save_state`; then `write_extra(folder)` on the main process, e.g. `save_ema`) as
+    `accelerator.save_state`; then `write_extra(folder)` on every process, e.g. `save_ema`) as
     `checkpoint-<step>`. It is written to `checkpoint-<step>.tmp` and renamed once complete, so a run killed while
     saving still resumes from the previous checkpoint. Keeps the newest `total_limit`."""
     final = os.path.join(output_dir, f"checkpoint-{step}")
@@ -59,7 +61,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(temporary)  # each process writes its own RNG state
-        if accelerator.is_main_process and write_extra is not None:
+        if write_extra is not None:  # on every process (it may gather sharded weights)
             write_extra(temporary)
     except OSError as error:  # a full disk, a lost permission: say where, not only "iostream error"
         raise OSError(f"Could not write checkpoint-{step} into {temporary}: {error}") from error
@@ -81,25 +83,27 @@ def read_state(checkpoint: str) -> dict:
     return json.loads(Path(checkpoint, STATE_FILE).read_text())
 
 
-def save_ema(ema, names: Sequence[str], folder: str) -> None:
-    """The EMA of diffusers' `EMAModel` as `ema.safetensors` (its shadow weights, by parameter name) and
-    `ema_state.json` (decay, step and warm-up settings): no pickle, unlike accelerate's registered objects."""
+def save_ema(ema, names: Sequence[str], folder: str, write: bool = True) -> None:
+    """The EMA of diffusers' `EMAModel` as `ema.safetensors` (its shadow weights, by parameter name, whole even when
+    FSDP shards them) and `ema_state.json` (decay, step and warm-up settings): no pickle, unlike accelerate's
+    registered objects. Every process calls it (sharded weights are gathered); those with `write` write."""
     state = ema.state_dict()
-    shadow = state.pop("shadow_params")
-    save_file(
-        {name: tensor.detach().cpu().contiguous() for name, tensor in zip(names, shadow)}, f"{folder}/{EMA_WEIGHTS}"
-    )
-    Path(folder, EMA_STATE).write_text(json.dumps(state, indent=2))
+    shadow = full_tensors(state.pop("shadow_params"))
+    if write:
+        weights = {name: tensor.cpu().contiguous() for name, tensor in zip(names, shadow)}
+        save_file(weights, f"{folder}/{EMA_WEIGHTS}")
+        Path(folder, EMA_STATE).write_text(json.dumps(state, indent=2))
 
 
 def load_ema(ema, names: Sequence[str], folder: str) -> None:
-    """Restore an EMA saved by `save_ema` (a `ValueError` for a checkpoint without one)."""
+    """Restore an EMA saved by `save_ema` (a `ValueError` for a checkpoint without one), each weight sharded like
+    the shadow weight it replaces."""
     if not os.path.isfile(os.path.join(folder, EMA_WEIGHTS)):
         raise ValueError(f"{folder} has no {EMA_WEIGHTS}: not a checkpoint of this version's training loop.")
     weights = load_file(os.path.join(folder, EMA_WEIGHTS))
     state = json.loads(Path(folder, EMA_STATE).read_text())
-    device = ema.shadow_params[0].device if ema.shadow_params else "cpu"
-    ema.load_state_dict({**state, "shadow_params": [weights[name].to(device) for name in names]})
+    shadow = [shard_like(weights[name], like) for name, like in zip(names, ema.shadow_params)]
+    ema.load_state_dict({**state, "shadow_params": shadow})
 
 
 def unsafe_to_load(accelerator, folder: str) -> Optional[str]:

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, gather_object, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, Dataset
@@ -29,6 +29,7 @@ from .config import ObjectiveConfig, RunConfig, TrainingConfig
 from .nonfinite import NonFiniteGuard
 from .run_folder import RunLock, save_pipeline_atomically
 from .sampler import ShardedEpochSampler
+from .sharding import broadcast_from_main, full_tensors, is_sharded
 
 logger = logging.getLogger("dit_pipelines.training")
 
@@ -46,12 +47,33 @@ def make_accelerator(config: TrainingConfig) -> Accelerator:
             project_dir=run.output_dir, logging_dir=os.path.join(run.output_dir, "logs")
         ),
     )
+    _fsdp_on_cpu(accelerator)
     logging.basicConfig(level=logging.WARNING)
     logger.setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
     if accelerator.is_main_process:  # before any work: the folder is writable and no other run uses it
         accelerator.run_lock = RunLock(run.output_dir).acquire()
     set_seed(config.optimization.seed, device_specific=True)
     return accelerator
+
+
+def _fsdp_on_cpu(accelerator: Accelerator) -> None:
+    """FSDP on CPU processes (gloo). accelerate 1.15 turns `ACCELERATE_USE_FSDP` into FSDP only on accelerator
+    backends: on the CPU it quietly trains DDP instead (`MULTI_CPU`). Torch's FSDP2 runs on the CPU, so the plugin
+    the launcher configured (the `FSDP_*` variables) is installed here, in both of accelerate's state objects (the
+    accelerator state is re-copied from the partial state). Only CPU runs asked for FSDP are touched."""
+    from accelerate.state import PartialState
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    if accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() not in ("1", "true"):
+        return
+    plugin = FullyShardedDataParallelPlugin()
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def noise_scheduler_for(objective: ObjectiveConfig, run: RunConfig, learn_sigma: bool) -> DiTDDPMScheduler:
@@ -97,13 +119,7 @@ def train(
     resume = resolve_resume_path(run.output_dir, run.resume_from_checkpoint)
     if opt.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    ema = EMAModel(
-        model.parameters(),
-        decay=opt.ema_decay,
-        use_ema_warmup=opt.ema_warmup,
-        model_cls=type(model),
-        model_config=model.config,
-    )
+    model_class = type(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=opt.learning_rate, betas=(opt.adam_beta1, opt.adam_beta2), weight_decay=opt.adam_weight_decay
@@ -134,7 +150,20 @@ def train(
         num_training_steps=max_steps * accelerator.num_processes,
     )
     names = [name for name, _ in model.named_parameters()]  # the EMA's shadow weights, saved by name
+    if accelerator.distributed_type == DistributedType.FSDP:
+        broadcast_from_main(model, accelerator.device)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    # the EMA of the prepared parameters: under FSDP each process keeps the EMA of its own shards (elementwise, so
+    # the same numbers as the EMA of whole weights); gathered whole to be saved or sampled (`sharding`)
+    ema = EMAModel(
+        unwrapped.parameters(),
+        decay=opt.ema_decay,
+        use_ema_warmup=opt.ema_warmup,
+        foreach=False,  # DTensors have no sharding rule for _foreach_copy_ of frozen parameters
+        model_cls=model_class,
+        model_config=unwrapped.config,
+    )
     ema.to(accelerator.device)
     if accelerator.is_main_process and accelerator.log_with:
         accelerator.init_trackers(run_name, config={k: v for k, v in hyperparameters.items() if v is not None})
@@ -161,9 +190,20 @@ def train(
             logger.warning("Resuming with another batch size or process count: the data order will differ.")
         break
 
-    unwrapped = accelerator.unwrap_model(model)
+    sharded = any(is_sharded(p) for p in unwrapped.parameters())
 
-    def with_ema_weights(function):
+    def with_ema_weights(function, main_only: bool = True):
+        """`function(model)` with the EMA weights, on the main process: the training model itself, its weights
+        swapped, or under FSDP a whole copy built from the gathered EMA (every process takes part in gathering)."""
+        if sharded:
+            weights = full_tensors(ema.shadow_params)
+            if main_only and not accelerator.is_main_process:
+                return None
+            copy = model_class.from_config(unwrapped.config)
+            copy.load_state_dict(dict(zip(names, weights)), strict=False)  # buffers are not trained: as built
+            return function(copy.to(accelerator.device).eval())
+        if main_only and not accelerator.is_main_process:
+            return None
         ema.store(unwrapped.parameters())
         ema.copy_to(unwrapped.parameters())
         unwrapped.eval()
@@ -221,25 +261,31 @@ def train(
                     global_step,
                     run_state,
                     run.checkpoints_total_limit,
-                    write_extra=lambda folder: save_ema(ema, names, folder),
+                    write_extra=lambda folder: save_ema(ema, names, folder, write=accelerator.is_main_process),
                 )
             if validate and run.validation_steps and global_step % run.validation_steps == 0:
-                if accelerator.is_main_process:
-                    with_ema_weights(lambda m: validate(m, global_step))
+                with_ema_weights(lambda m: validate(m, global_step))
             if global_step >= max_steps:
                 break
         epoch += 1
     progress.close()
 
     accelerator.wait_for_everyone()
+    if make_pipeline is not None:
+        guard.check_weights(ema.shadow_params, "the pipeline")  # (every process: under FSDP each checks its shards)
+
+        def save(model):
+            save_pipeline_atomically(make_pipeline(model), run.output_dir)
+            save_training_args(run.output_dir, hyperparameters)
+            logger.info("Saved the pipeline to %s", run.output_dir)
+
+        if sharded:
+            with_ema_weights(save)
+        elif accelerator.is_main_process:
+            ema.copy_to(unwrapped.parameters())
+            save(unwrapped.eval())
     if accelerator.is_main_process and make_pipeline is not None:
-        guard.check_weights(ema.shadow_params, "the pipeline")
-        ema.copy_to(unwrapped.parameters())
-        unwrapped.eval()
-        save_pipeline_atomically(make_pipeline(unwrapped), run.output_dir)
-        save_training_args(run.output_dir, hyperparameters)
-        logger.info("Saved the pipeline to %s", run.output_dir)
-        if config.hub.push_to_hub:
+        if config.hub.push_to_hub:  # (on the main process)
             from ..hub import push_pipeline
 
             hub = config.hub

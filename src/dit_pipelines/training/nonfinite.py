@@ -6,14 +6,11 @@ from typing import Iterable, Optional
 
 import torch
 
+from .sharding import all_finite_everywhere
+
 
 class NonFiniteError(RuntimeError):
     """The run diverged: its loss or gradients stayed non-finite, or a weight about to be saved is not finite."""
-
-
-def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
-    """Whether every value of every tensor is finite."""
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 class NonFiniteGuard:
@@ -48,7 +45,7 @@ class NonFiniteGuard:
 
     def check_weights(self, tensors: Iterable[torch.Tensor], what: str) -> None:
         """Refuse to save non-finite weights (`what` says which save)."""
-        if not all_finite(tensors):
+        if not all_finite_everywhere(tensors):  # (under FSDP: every shard, every process agreeing)
             raise NonFiniteError(
                 f"Not saving {what}: some weights are not finite. Last good checkpoint: "
                 f"{self.last_checkpoint or 'none saved yet'}."
