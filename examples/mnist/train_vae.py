@@ -17,7 +17,7 @@ from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
-from dit_pipelines.data import frames_as_tensor, load_video_dataset
+from dit_pipelines.data import frames_as_tensor
 from dit_pipelines.latents import uint8_to_signed
 from dit_pipelines.training import frames_first
 
@@ -27,7 +27,6 @@ from .video_data import add_moving_mnist_args, make_clips
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_moving_mnist_args(p)
-    p.add_argument("--dataset", default=None, help="a saved clips folder to read instead of generating the clips")
     p.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64], help="one entry per level")
     p.add_argument("--latent_channels", type=int, default=4)
     p.add_argument("--train_batch_size", type=int, default=64)
@@ -58,7 +57,7 @@ def make_vae(args, channels: int) -> AutoencoderKL:
 def main(args) -> str:
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed, device_specific=True)
-    clips = load_video_dataset(args.dataset) if args.dataset else make_clips(args)
+    clips = make_clips(args)  # the clips the video demo writes as files, from the same options and seed
     frames = frames_first(frames_as_tensor(clips))  # (N*F, 1, H, W) uint8
     held_out, frames = frames[:512], frames[512:]
     torch.manual_seed(args.seed)

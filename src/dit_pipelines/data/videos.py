@@ -1,21 +1,8 @@
-"""Captioned video datasets for text-to-video training: a folder saved with `datasets.save_to_disk` whose rows have a
-`video` uint8 array, (frames, height, width) for grayscale or (frames, height, width, channels), and a `caption`;
-optional columns refine the captions (see `training/train_video_dit.py`)."""
+"""Datasets of decoded clips: rows whose `video` is a uint8 array, (frames, height, width) for grayscale or (frames,
+height, width, channels), gathered into one tensor. (Video files are read by `video_files`.)"""
 
 import numpy as np
 import torch
-
-
-def load_video_dataset(path: str, split: str = "train", video_column: str = "video", caption_column: str = "caption"):
-    """One split of a saved video dataset, checked to have its video and caption columns."""
-    import datasets
-
-    data = datasets.load_from_disk(path)
-    data = data[split] if isinstance(data, datasets.DatasetDict) else data
-    for column in (video_column, caption_column):
-        if column not in data.column_names:
-            raise ValueError(f"The dataset {path!r} has no {column!r} column; it has {data.column_names}.")
-    return data
 
 
 def frames_as_tensor(data, video_column: str = "video") -> torch.Tensor:
