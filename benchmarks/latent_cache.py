@@ -127,6 +127,7 @@ def main():
     parser.add_argument("--batches", type=int, default=400, help="batches read per measurement")
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--mmap", action=argparse.BooleanOptionalAction, default=True, help="also read with mmap")
     parser.add_argument("--keep", action="store_true", help="keep the caches afterwards")
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)  # one phase, in a child process
     parser.add_argument("--out", default="benchmarks/results/latent_cache.json")
@@ -151,7 +152,8 @@ def main():
         entry = {"write": child(f"write:{n}:0:-"), "read": []}
         for workers in args.workers:
             entry["read"].append(child(f"read:{n}:{workers}:pread"))
-        entry["read"].append(child(f"read:{n}:0:mmap"))
+        if args.mmap:
+            entry["read"].append(child(f"read:{n}:0:mmap"))
         results["sizes"][str(n)] = entry
         print(n, json.dumps(entry, indent=1), flush=True)
         if not args.keep:

@@ -40,6 +40,7 @@ from dit_pipelines.training import (
     add_arguments,
     add_training_arguments,
     build_training_clips,
+    every_caption,
     from_arguments,
     load_text_encoder,
     load_vae,
@@ -165,16 +166,6 @@ def patch_size_of(args) -> int:
     return args.patch_size
 
 
-def every_caption(data, caption_column: str) -> list:
-    """Every caption a step can train with: whole captions, their parts and the frames' captions."""
-    captions = set(data[caption_column])
-    for column in ("caption_parts", "image_caption"):
-        if column in data.column_names:
-            values = data[column]
-            captions.update(p for row in values for p in row) if column == "caption_parts" else captions.update(values)
-    return sorted(captions)
-
-
 def main(args) -> str:
     config = TrainingConfig.from_arguments(args)
     objective, run = config.objective, config.run
@@ -202,6 +193,7 @@ def main(args) -> str:
         text = TextEmbeddingCache(
             text, captions, cache_root(latent_config, run.output_dir), accelerator, data._fingerprint
         )
+        text_encoder.to("cpu")  # from now on only validation prompts need it: off the accelerator
     model = build_model(args, clips, text_encoder.config.d_model)
     noise_scheduler = noise_scheduler_for(objective, run, model.config.learn_sigma)
 

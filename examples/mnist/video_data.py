@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 
 from dit_pipelines.data.video_files import write_video
+from dit_pipelines.training import every_caption  # noqa: F401 (the sandbox's T5 learns these captions' words)
 
 from .mnist_data import load_mnist
 from .moving_mnist import held_out_pairs, make_moving_mnist
@@ -58,9 +59,3 @@ def save_clips(args, folder: str, fps: int = 8) -> str:
             write_video(os.path.join(folder, name), np.asarray(row["video"], dtype=np.uint8), fps=fps, crf=0)
             metadata.write(json.dumps({"file_name": name, **{c: row[c] for c in columns}}) + "\n")
     return folder
-
-
-def every_caption(clips) -> list:
-    """Every caption a model trained on `clips` sees: whole captions, their parts and the frames' captions."""
-    parts = [p for row in clips["caption_parts"] for p in row]
-    return sorted(set(clips["caption"]) | set(parts) | set(clips["image_caption"]))

@@ -146,7 +146,7 @@ def decode_frames(source: VideoSource, indices: List[int], channels: int = 3) ->
         if frames.shape[-1] != channels:
             frames = _convert_channels(frames, channels)
         return frames
-    wanted, out = set(indices), {}
+    wanted, out, i = set(indices), {}, -1
     with _open(source) as container:
         for i, frame in enumerate(container.decode(video=0)):
             if i in wanted:
@@ -160,8 +160,8 @@ def decode_frames(source: VideoSource, indices: List[int], channels: int = 3) ->
 
 
 def _convert_channels(frames: np.ndarray, channels: int) -> np.ndarray:
-    if channels == 3:  # grayscale -> RGB
-        return np.repeat(frames[..., :1], 3, axis=-1)
+    if channels == 3:  # RGBA -> RGB, grayscale -> RGB
+        return frames[..., :3] if frames.shape[-1] >= 3 else np.repeat(frames[..., :1], 3, axis=-1)
     weights = np.array([0.299, 0.587, 0.114])  # RGB -> luma, ITU-R BT.601 (what FFmpeg's "gray" uses)
     return np.round(frames[..., :3] @ weights).clip(0, 255).astype(np.uint8)[..., None]
 

@@ -31,7 +31,7 @@ from .latents import (
 from .loop import make_accelerator, noise_scheduler_for, sampling_scheduler_for, save_training_args, train
 from .sampler import ShardedEpochSampler
 from .sharded_cache import Field, ShardedCache, fill_cache, module_fingerprint
-from .video_data import TrainingClips, VideoDataConfig, build_training_clips
+from .video_data import TrainingClips, VideoDataConfig, build_training_clips, every_caption
 
 __all__ = [
     "CachedSamples",
@@ -40,6 +40,7 @@ __all__ = [
     "TrainingClips",
     "VideoDataConfig",
     "build_training_clips",
+    "every_caption",
     "training_captions",
     "Field",
     "LatentConfig",

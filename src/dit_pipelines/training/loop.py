@@ -165,6 +165,8 @@ def train(
         model_config=unwrapped.config,
     )
     ema.to(accelerator.device)
+    # FSDP2 replaces every parameter by a DTensor: clip (and check) the prepared ones, not the list made before
+    trainable = [p for p in unwrapped.parameters() if p.requires_grad]
     if accelerator.is_main_process and accelerator.log_with:
         accelerator.init_trackers(run_name, config={k: v for k, v in hyperparameters.items() if v is not None})
 
@@ -199,8 +201,12 @@ def train(
             weights = full_tensors(ema.shadow_params)
             if main_only and not accelerator.is_main_process:
                 return None
-            copy = model_class.from_config(unwrapped.config)
-            copy.load_state_dict(dict(zip(names, weights)), strict=False)  # buffers are not trained: as built
+            with torch.random.fork_rng(devices=[]):  # building draws initial weights: not from the run's RNG
+                copy = model_class.from_config(unwrapped.config)
+            missing, unexpected = copy.load_state_dict(dict(zip(names, weights)), strict=False)
+            untrained = {name for name, _ in copy.named_buffers()}  # buffers are not trained: as built
+            if unexpected or set(missing) - untrained:
+                raise RuntimeError(f"The EMA does not fit the model: missing {missing}, unexpected {unexpected}.")
             return function(copy.to(accelerator.device).eval())
         if main_only and not accelerator.is_main_process:
             return None

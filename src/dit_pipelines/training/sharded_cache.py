@@ -210,7 +210,10 @@ class ShardedCache:
                 os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_RANDOM)
         done = 0
         while done < len(view):
-            done += os.preadv(self._files[path], [view[done:]], start + done)
+            got = os.preadv(self._files[path], [view[done:]], start + done)
+            if got == 0:
+                raise EOFError(f"{path} ends before byte {start + len(view)}: the file changed since it was checked.")
+            done += got
 
     def _pread(self, path: str, start: int, size: int, dtype: torch.dtype) -> torch.Tensor:
         data = bytearray(size)

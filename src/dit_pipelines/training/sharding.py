@@ -20,8 +20,9 @@ def is_sharded(tensor: torch.Tensor) -> bool:
 
 
 def full_tensors(tensors: Iterable[torch.Tensor]) -> List[torch.Tensor]:
-    """The whole tensors (sharded ones gathered from every process), detached."""
-    return [(t.full_tensor() if is_sharded(t) else t).detach() for t in tensors]
+    """The whole tensors, detached: sharded ones gathered from every process one at a time and moved to the CPU
+    (a device then never holds more than one whole tensor; the CPU holds the whole model), plain ones as they are."""
+    return [t.full_tensor().detach().cpu() if is_sharded(t) else t.detach() for t in tensors]
 
 
 def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

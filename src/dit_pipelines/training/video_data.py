@@ -1,6 +1,7 @@
 """Training inputs of text-to-video DiTs: clips decoded from a user's video files (`data.video_files`), as pixels or
 VAE latents encoded per batch, or encoded once into the on-disk latent cache (`LatentConfig.precompute_latents`)."""
 
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
@@ -14,6 +15,7 @@ from .latent_cache import CACHE_DTYPES, CachedSamples, LatentConfig, cache_root,
 from .latents import clip_posteriors, sample_latents
 
 OPTIONAL_CAPTION_COLUMNS = ("caption_parts", "image_caption")  # used where the data has them
+logger = logging.getLogger("dit_pipelines.training")
 
 
 @dataclass
@@ -110,6 +112,7 @@ def build_training_clips(
     key = {
         "kind": "clip posteriors",
         "dataset": data._fingerprint,
+        "video_column": config.video_column,
         "videos": len(clips),
         "sampling": {k: v for k, v in vars(sampling).items() if k != "seed" or sampling.clip_start == "random"},
         **vae_key(vae, latents),
@@ -127,6 +130,8 @@ def build_training_clips(
         mean, std = (torch.cat([p[k] for p in posteriors]).cpu() for k in (0, 1))
         return {"latents": torch.stack([mean, std], dim=1)}
 
+    if sampling.clip_start == "random":
+        logger.warning("The latent cache holds one clip a video (epoch 0's random start): starts no longer vary.")
     latent_shape = (2, model_channels, config.num_frames, height // factor, width // factor)
     dtype = CACHE_DTYPES[latents.latent_cache_dtype]
     cache = fill_latent_cache(
@@ -146,3 +151,14 @@ class ClipColumn:
 
     def __getitem__(self, index: int):
         return self.values[int(self.rows[index])][self.column]
+
+
+def every_caption(data, caption_column: str = "caption") -> list:
+    """Every caption a step can train with, sorted: whole captions, their parts (`caption_parts`, a list a row) and
+    the frames' captions (`image_caption`), where the data has those columns."""
+    captions = set(data[caption_column])
+    if "caption_parts" in data.column_names:
+        captions.update(part for row in data["caption_parts"] for part in row)
+    if "image_caption" in data.column_names:
+        captions.update(data["image_caption"])
+    return sorted(captions)
