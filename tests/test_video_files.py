@@ -25,6 +25,7 @@ from dit_pipelines.data.video_files import (
 from examples.mnist.text_encoder import save_small_t5
 from training import train_video_dit
 
+from .test_pipeline import tiny_vae
 from .test_training import fresh_accelerate_state  # noqa: F401 (autouse fixture)
 
 CAPTIONS = ["a red square moves right", "a green square moves down", "a blue square moves left"]
@@ -71,18 +72,7 @@ def parts(tmp_path_factory):
     root = tmp_path_factory.mktemp("user_data")
     videos = write_videofolder(root / "videos")
     t5 = save_small_t5(str(root / "t5"), CAPTIONS, d_model=16, model_max_length=12)
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-        scaling_factor=0.5,
-    )
+    vae = tiny_vae()  # RGB, f = 2, 4 latent channels
     vae.save_pretrained(root / "vae")
     return {"videos": videos, "t5": t5, "vae": str(root / "vae"), "root": root}
 
