@@ -35,6 +35,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 logger = logging.getLogger("dit_pipelines.training")
 
@@ -108,7 +109,8 @@ def fill_cache(
             _write_json(os.path.join(folder, "manifest.json"), manifest)
         num_shards = math.ceil(num_samples / shard_size)
         kept = written = 0
-        for shard in range(process_index, num_shards, num_processes):
+        mine = range(process_index, num_shards, num_processes)
+        for shard in tqdm(mine, desc=f"writing the {name} cache", disable=process_index != 0, leave=False):
             rows = range(shard * shard_size, min(num_samples, (shard + 1) * shard_size))
             path = _shard_path(folder, shard)
             if os.path.exists(path) and _shard_problem(path, fields, len(rows)) is None:
