@@ -10,14 +10,14 @@ from ..latents import scale_latents
 
 
 @torch.no_grad()
-def encode_posteriors(vae, batches: Iterable[torch.Tensor], device) -> Dict[str, torch.Tensor]:
+def encode_posteriors(vae, batches: Iterable[torch.Tensor], device, output_device="cpu") -> Dict[str, torch.Tensor]:
     """The VAE posterior N(mean, std²) of every image in `batches` of (n, C, H, W) pixels in [-1, 1], as
-    {"mean", "std"} of (N, C_latent, h, w) on the CPU in float32: what a latent cache stores."""
+    {"mean", "std"} of (N, C_latent, h, w) in float32 on `output_device` (the CPU: what a latent cache stores)."""
     means, stds = [], []
     for pixels in batches:
         posterior = vae.encode(pixels.to(device, vae.dtype)).latent_dist
-        means.append(posterior.mean.float().cpu())
-        stds.append(posterior.std.float().cpu())
+        means.append(posterior.mean.float().to(output_device))
+        stds.append(posterior.std.float().to(output_device))
     return {"mean": torch.cat(means), "std": torch.cat(stds)}
 
 
@@ -53,9 +53,6 @@ def clip_posteriors(vae, video: torch.Tensor, batch_size: int) -> Tuple[torch.Te
     `video` (B, C, F, H, W) in [-1, 1], encoded `batch_size` frames at a time: what the latent cache stores of a
     clip, and what a step without the cache samples x_0 from (so that both draw the same x_0)."""
     frames = frames_first(video)
-    means, stds = [], []
-    for start in range(0, len(frames), batch_size):
-        posterior = vae.encode(frames[start : start + batch_size].to(vae.device, vae.dtype)).latent_dist
-        means.append(posterior.mean.float())
-        stds.append(posterior.std.float())
-    return clips_first(torch.cat(means), len(video)), clips_first(torch.cat(stds), len(video))
+    batches = (frames[start : start + batch_size] for start in range(0, len(frames), batch_size))
+    posterior = encode_posteriors(vae, batches, vae.device, output_device=vae.device)
+    return clips_first(posterior["mean"], len(video)), clips_first(posterior["std"], len(video))

@@ -194,12 +194,12 @@ def train(
 
     sharded = any(is_sharded(p) for p in unwrapped.parameters())
 
-    def with_ema_weights(function, main_only: bool = True):
+    def with_ema_weights(function):
         """`function(model)` with the EMA weights, on the main process: the training model itself, its weights
         swapped, or under FSDP a whole copy built from the gathered EMA (every process takes part in gathering)."""
         if sharded:
             weights = full_tensors(ema.shadow_params)
-            if main_only and not accelerator.is_main_process:
+            if not accelerator.is_main_process:
                 return None
             with torch.random.fork_rng(devices=[]):  # building draws initial weights: not from the run's RNG
                 copy = model_class.from_config(unwrapped.config)
@@ -208,7 +208,7 @@ def train(
             if unexpected or set(missing) - untrained:
                 raise RuntimeError(f"The EMA does not fit the model: missing {missing}, unexpected {unexpected}.")
             return function(copy.to(accelerator.device).eval())
-        if main_only and not accelerator.is_main_process:
+        if not accelerator.is_main_process:
             return None
         ema.store(unwrapped.parameters())
         ema.copy_to(unwrapped.parameters())

@@ -150,6 +150,8 @@ class ShardedCache:
                 f"{ {k: f.describe() for k, f in fields.items()} }."
             )
         self.folder, self.fields, self.key = folder, stored, manifest["key"]
+        self._files: Dict[str, int] = {}
+        self._checked = False
         self.num_samples, self.shard_size = manifest["num_samples"], manifest["shard_size"]
         self.shards = []
         for shard in range(math.ceil(self.num_samples / self.shard_size)):
@@ -159,12 +161,12 @@ class ShardedCache:
             if problem:
                 raise ValueError(f"The cache shard {path} is unusable ({problem}); delete {folder} to rewrite it.")
             header, data_start = _read_header(path)
-            offsets = {k: _read_tensor(path, header[f"{k}.offsets"], data_start) for k, f in stored.items() if f.ragged}
+            offsets = {
+                k: self._read_whole(path, header[f"{k}.offsets"], data_start) for k, f in stored.items() if f.ragged
+            }
             self.shards.append((path, header, data_start, offsets))
         # where each field's data starts in each shard's file
         self.starts = {k: [data_start + h[k]["data_offsets"][0] for _, h, data_start, _ in self.shards] for k in stored}
-        self._files: Dict[str, int] = {}
-        self._checked = False
         self._check_finite()  # read in order, with the kernel's read-ahead
         self._checked = True
 
@@ -216,6 +218,11 @@ class ShardedCache:
             if got == 0:
                 raise EOFError(f"{path} ends before byte {start + len(view)}: the file changed since it was checked.")
             done += got
+
+    def _read_whole(self, path: str, info: dict, data_start: int) -> torch.Tensor:
+        """A whole tensor of a shard, from its header entry."""
+        begin, end = info["data_offsets"]
+        return self._pread(path, data_start + begin, end - begin, _DTYPES[info["dtype"]]).reshape(info["shape"])
 
     def _pread(self, path: str, start: int, size: int, dtype: torch.dtype) -> torch.Tensor:
         data = bytearray(size)
@@ -294,13 +301,6 @@ def _read_header(path: str) -> Tuple[dict, int]:
         (length,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(length))
     return header, 8 + length
-
-
-def _read_tensor(path: str, info: dict, data_start: int) -> torch.Tensor:
-    begin, end = info["data_offsets"]
-    with open(path, "rb") as f:
-        f.seek(data_start + begin)
-        return torch.frombuffer(bytearray(f.read(end - begin)), dtype=_DTYPES[info["dtype"]]).reshape(info["shape"])
 
 
 def _shard_path(folder: str, shard: int) -> str:
