@@ -4,39 +4,23 @@ equals that of the same run under DDP."""
 
 import os
 import shutil
-import subprocess
-import sys
 
 import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
+from .launching import finish, launch
 from .test_training import ROOT, SCRIPT, bars, tiny_args  # noqa: F401 (bars: fixture)
 
 FSDP_CONFIG = str(ROOT / "training" / "configs" / "fsdp.yaml")
-
-
-def launch(kind: str, port: int, args) -> subprocess.Popen:
-    """`accelerate launch` of the image script on 2 CPU processes: FSDP from the shipped config, or DDP."""
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1"]
-    launcher += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
-    launcher += ["--config_file", FSDP_CONFIG] if kind == "fsdp" else ["--multi_gpu"]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([*launcher, SCRIPT, *args], env=env, stderr=subprocess.PIPE, text=True)
-
-
-def finish(process: subprocess.Popen) -> str:
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr[-4000:]
-    return stderr
 
 
 def test_fsdp_run_saves_once_resumes_exactly_and_its_ema_equals_ddps(bars, tmp_path):  # noqa: F811
     options = "--max_train_steps 4 --checkpointing_steps 2 --ema_decay 0.9 --seed 3".split()
     fsdp, ddp = tmp_path / "fsdp", tmp_path / "ddp"
     runs = [
-        launch("fsdp", 29611, tiny_args(bars, fsdp, *options)),
-        launch("ddp", 29612, tiny_args(bars, ddp, *options)),
+        launch(SCRIPT, tiny_args(bars, fsdp, *options), FSDP_CONFIG),
+        launch(SCRIPT, tiny_args(bars, ddp, *options)),
     ]
     fsdp_log, _ = (finish(run) for run in runs)
     assert os.path.isdir(fsdp / "checkpoint-4" / "pytorch_model_fsdp_0")  # sharded (FSDP), not DDP, checkpoints
@@ -48,7 +32,7 @@ def test_fsdp_run_saves_once_resumes_exactly_and_its_ema_equals_ddps(bars, tmp_p
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(fsdp / "checkpoint-2", resumed / "checkpoint-2")
-    finish(launch("fsdp", 29613, tiny_args(bars, resumed, *options, "--resume_from_checkpoint", "latest")))
+    finish(launch(SCRIPT, tiny_args(bars, resumed, *options, "--resume_from_checkpoint", "latest"), FSDP_CONFIG))
 
     def saved(folder):
         return load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))

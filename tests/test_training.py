@@ -20,6 +20,8 @@ from safetensors.torch import load_file
 from dit_pipelines import DiTImagePipeline, DiTModel
 from training.train_dit import main, parse_args
 
+from .launching import finish, launch
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "training" / "train_dit.py")
 
@@ -150,30 +152,18 @@ def test_latent_training_with_precomputed_latents(bars, tmp_path):
 
 
 def test_two_process_cpu_run_completes_and_saves_once(bars, tmp_path):
-    # accelerate 1.x starts several CPU processes only through its multi-process launcher (`--cpu` alone starts one
-    # unless MPI is installed); ACCELERATE_USE_CPU=1 keeps them on the CPU, with gloo.
-    launcher = [
-        sys.executable,
-        *"-m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1".split(),
-        *"--mixed_precision no --dynamo_backend no".split(),
-        SCRIPT,
-    ]
-    command = [*launcher, *tiny_args(bars, tmp_path / "ddp", "--max_train_steps", "3", "--checkpointing_steps", "2")]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr.count("Saved the pipeline") == 1
+    args = tiny_args(bars, tmp_path / "ddp", "--max_train_steps", "3", "--checkpointing_steps", "2")
+    log = finish(launch(SCRIPT, args), timeout=300)
+    assert log.count("Saved the pipeline") == 1
     assert "random_states_1.pkl" in os.listdir(tmp_path / "ddp" / "checkpoint-3")  # the second process's RNG
     DiffusionPipeline.from_pretrained(tmp_path / "ddp")
 
     # only the second process's RNG state of the newest checkpoint cannot be read: both processes skip it together
     (tmp_path / "ddp" / "checkpoint-3" / "random_states_1.pkl").write_bytes(b"not a pickle")
     options = "--max_train_steps 4 --checkpointing_steps 2 --resume_from_checkpoint latest".split()
-    resumed = [*launcher, *tiny_args(bars, tmp_path / "ddp", *options)]
-    result = subprocess.run(resumed, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr.count("random_states_1.pkl cannot be read safely") >= 1
-    assert f"Resumed from {tmp_path / 'ddp' / 'checkpoint-2'} at step 2" in result.stderr
+    log = finish(launch(SCRIPT, tiny_args(bars, tmp_path / "ddp", *options)), timeout=300)
+    assert log.count("random_states_1.pkl cannot be read safely") >= 1
+    assert f"Resumed from {tmp_path / 'ddp' / 'checkpoint-2'} at step 2" in log
 
 
 def test_a_run_killed_mid_training_resumes_from_its_last_checkpoint(bars, tmp_path):

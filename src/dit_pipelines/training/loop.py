@@ -303,6 +303,9 @@ def train(
                 commit_message=f"Upload {run_name} after {global_step} steps",
             )
             logger.info("Pushed to %s", url)
+    # every process waits for the main one's saving and pushing before any tears the process group down: a process
+    # destroying its group while another still runs can hang both at exit (seen under gloo in CI)
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     if getattr(accelerator, "run_lock", None) is not None:
         accelerator.run_lock.release()
