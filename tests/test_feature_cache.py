@@ -120,7 +120,9 @@ def test_caching_with_a_guidance_interval_recomputes_where_guidance_starts_and_s
     pipe = DiTImagePipeline(tiny_dit(in_channels=3), DiTDDIMScheduler())
     pipe.set_progress_bar_config(disable=True)
     batches = []
-    pipe.transformer.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
+    pipe.transformer.register_forward_hook(
+        lambda m, args, kwargs, out: batches.append(len(out.sample)), with_kwargs=True
+    )
     with CallCounter([pipe.transformer.blocks[0].attn]) as attention:
         pipe(
             [1], num_inference_steps=5, guidance_interval=(250, 749), cache_interval=10, generator=torch.manual_seed(0)

@@ -106,10 +106,10 @@ def test_names_indices_and_images_per_prompt(pixel_pipe):
 
 def test_guidance_combines_predictions_and_keeps_the_conditional_variance():
     cond, uncond = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4)
-    out = guide(torch.cat([cond, uncond]), 4.0, channels=4)
+    out = guide(torch.cat([uncond, cond]), 4.0, channels=4)
     torch.testing.assert_close(out[:, :4], uncond[:, :4] + 4.0 * (cond[:, :4] - uncond[:, :4]))
     torch.testing.assert_close(out[:, 4:], cond[:, 4:])
-    original = guide(torch.cat([cond, uncond]), 4.0, channels=4, guidance_channels=3)
+    original = guide(torch.cat([uncond, cond]), 4.0, channels=4, guidance_channels=3)
     torch.testing.assert_close(original[:, :3], out[:, :3])
     torch.testing.assert_close(original[:, 3:], cond[:, 3:])  # the 4th channel and the variance: conditional
 
@@ -123,7 +123,9 @@ def test_guidance_changes_samples_and_scale_one_means_no_guidance(pixel_pipe):
     assert not torch.allclose(sample(1.0), sample(4.0))
     assert not torch.allclose(sample(4.0), sample(4.0, guidance_channels=2))
     calls = []
-    pixel_pipe.transformer.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    pixel_pipe.transformer.register_forward_hook(
+        lambda m, args, kwargs, out: calls.append(len(out.sample)), with_kwargs=True
+    )
     sample(1.0)
     sample(4.0)
     assert calls == [1] * 3 + [2] * 3  # the doubled batch only with guidance
@@ -262,7 +264,9 @@ def test_pixel_space_pipeline_without_vae_round_trips(tmp_path, pixel_pipe):
 def test_guidance_interval_guides_only_inside_it(pixel_pipe):
     pixel_pipe.scheduler = DiTDDPMScheduler(timestep_respacing="5")  # timesteps 999, 749, 500, 250, 0
     batches = []
-    pixel_pipe.transformer.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
+    pixel_pipe.transformer.register_forward_hook(
+        lambda m, args, kwargs, out: batches.append(len(out.sample)), with_kwargs=True
+    )
 
     def run(**kwargs):
         return pixel_pipe(2, output_type="pt", generator=torch.Generator().manual_seed(0), **kwargs).images

@@ -168,7 +168,8 @@ def test_attention_mixings_match_a_loop_over_frames_or_locations(mixing):
     b, frames, s, d = 2, 3, 4, 16
     block = randomize_(VideoDiTBlock(d, 2, 4.0, mixing, cross_attention=False)).double()
     h, pos = torch.randn(b, frames * s, d, dtype=torch.float64), torch.randn(1, frames, 1, d, dtype=torch.float64)
-    out = attend(block.attn, h, mixing, frames, pos).view(b, frames, s, d)
+    per_token = pos.expand(1, frames, s, d).flatten(1, 2)  # the full mixing takes one row per token
+    out = attend(block.attn, h, mixing, frames, per_token if mixing is Mixing.FULL else pos).view(b, frames, s, d)
     grid = h.view(b, frames, s, d)
     if mixing is Mixing.SPACE:
         expected = torch.stack([block.attn(grid[:, f]) for f in range(frames)], 1)

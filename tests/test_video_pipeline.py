@@ -96,7 +96,9 @@ def test_prompt_embeds_give_the_same_video_as_the_prompt(pipe):
 
 def test_guidance_doubles_the_batch_and_num_videos_per_prompt(pipe):
     sizes = []
-    hook = pipe.transformer.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]))
+    hook = pipe.transformer.register_forward_hook(
+        lambda m, args, kwargs, out: sizes.append(len(out.sample)), with_kwargs=True
+    )
     run(pipe, guidance_scale=1.0, num_videos_per_prompt=2)
     run(pipe, guidance_scale=5.0, num_videos_per_prompt=2)
     hook.remove()

@@ -5,14 +5,17 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .attention import SelfAttention
+from .caching import DiTCacheMixin
 from .embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d
 from .feature_cache import NO_CACHE, BlockCache, FeatureCache, cache_for_forward
 from .initialization import initialize_dit_weights
-from .layers import MLP, FinalLayer, SelfAttention, modulate
+from .layers import MLP, FinalLayer, modulate
 from .presets import preset_config
 
 
@@ -28,9 +31,13 @@ class DiTBlock(nn.Module):
         self.mlp = MLP(hidden_size, int(hidden_size * mlp_ratio))
         self.modulation = nn.Linear(hidden_size, 6 * hidden_size)
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor, cache: BlockCache = NO_CACHE, index: int = 0):
-        # x: (N, T, D) tokens; condition: (N, D), the SiLU of the timestep + class embedding. With a `FeatureCache`
-        # the attention and MLP outputs may come from an earlier step (FORA); the gates are always this step's.
+    def forward(
+        self, hidden_states: torch.Tensor, condition: torch.Tensor, cache: BlockCache = NO_CACHE, index: int = 0
+    ) -> torch.Tensor:
+        # hidden_states: (N, T, D) tokens (named as diffusers' block hooks look them up); condition: (N, D), the SiLU
+        # of the timestep + class embedding. With a `FeatureCache` the attention and MLP outputs may come from an
+        # earlier step (FORA); the gates are always this step's.
+        x = hidden_states
         modulation = self.modulation(condition)[:, None]  # (N, 1, 6D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=-1)
         attn = cache.fetch((index, "attn"), lambda: self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
@@ -39,7 +46,7 @@ class DiTBlock(nn.Module):
         return torch.addcmul(x, mlp, gate_mlp)
 
 
-class DiTModel(ModelMixin, ConfigMixin):
+class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin):
     r"""The Diffusion Transformer (DiT) of Peebles & Xie (2023), "Scalable Diffusion Models with Transformers".
 
     Patchify (a stride-p convolution) and fixed 2D sin-cos positions, then `depth` adaLN-Zero blocks conditioned on
@@ -76,6 +83,14 @@ class DiTModel(ModelMixin, ConfigMixin):
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["DiTBlock"]
+    _repeated_blocks = ["DiTBlock"]  # `compile_repeated_blocks()` compiles one block and reuses it
+    _guidance_batched_inputs = ("class_labels",)  # for FasterCache (`DiTCacheMixin`)
+    # Context parallelism (diffusers `enable_parallelism`): the patch tokens are split across processes as they
+    # enter the first block and gathered as they leave the final layer; the self-attention exchanges them (Ulysses).
+    _cp_plan = {
+        "blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)},
+        "final_layer": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
 
     @register_to_config
     def __init__(
@@ -150,16 +165,17 @@ class DiTModel(ModelMixin, ConfigMixin):
 
     def forward(
         self,
-        sample: torch.Tensor,
+        hidden_states: torch.Tensor,
         timestep: Union[torch.Tensor, float, int],
         class_labels: torch.Tensor,
         return_dict: bool = True,
         feature_cache: Optional[FeatureCache] = None,
     ) -> Union[Transformer2DModelOutput, tuple]:
-        """Predict from noisy `sample` (N, C, H, W) at `timestep` (scalar or (N,)) for `class_labels` (N,) (index
-        `num_classes` is the null class). Returns (N, C_out, H, W) in a `Transformer2DModelOutput`, or a
+        """Predict from noisy latents `hidden_states` (N, C, H, W) at `timestep` (scalar or (N,)) for `class_labels`
+        (N,) (index `num_classes` is the null class). Returns (N, C_out, H, W) in a `Transformer2DModelOutput`, or a
         1-tuple if `return_dict=False`. `feature_cache` (a `FeatureCache`, one per sampling run) lets the blocks
         reuse their attention and MLP outputs of an earlier call (FORA); without it every call is exact."""
+        sample = hidden_states
         n, _, height, width = sample.shape
         p = self.config.patch_size
         if height % p or width % p:

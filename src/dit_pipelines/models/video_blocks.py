@@ -7,8 +7,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from .attention import CrossAttention, SelfAttention
 from .feature_cache import NO_CACHE, BlockCache
-from .layers import MLP, CrossAttention, SelfAttention, modulate
+from .layers import MLP, modulate
 
 
 class Mixing(str, Enum):
@@ -29,16 +30,18 @@ LAYOUT_MIXINGS: Dict[str, Tuple[Mixing, ...]] = {
 
 
 def attend(attn: SelfAttention, h: torch.Tensor, mixing: Mixing, frames: int, temporal_pos: torch.Tensor):
-    """`attn` over the tokens `mixing` groups together, for h (B, F·S, D); returns (B, F·S, D)."""
+    """`attn` over the tokens `mixing` groups together, for h (B, F·S, D); returns (B, F·S, D). `temporal_pos` is
+    (1, F, 1, D), or (1, F·S, D) for `Mixing.FULL` (one row per token, so that context parallelism can split it
+    with the tokens)."""
     b, t, d = h.shape
     if mixing is Mixing.SPACE:  # frames are contiguous runs of tokens: a view
         return attn(h.view(b * frames, t // frames, d)).view(b, t, d)
-    timed = h.view(b, frames, t // frames, d) + temporal_pos  # (B, F, S, D)
+    if mixing is Mixing.FULL:
+        return attn(h + temporal_pos)
     if mixing is Mixing.TIME:
+        timed = h.view(b, frames, t // frames, d) + temporal_pos  # (B, F, S, D)
         out = attn(rearrange(timed, "b f s d -> (b s) f d").contiguous())  # contiguous: one copy, then addmm
         return rearrange(out, "(b s) f d -> b (f s) d", b=b)
-    if mixing is Mixing.FULL:
-        return attn(timed.view(b, t, d))
     raise ValueError(f"attend() takes a single mixing, not {mixing}.")
 
 
@@ -75,7 +78,7 @@ class VideoDiTBlock(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,
+        hidden_states: torch.Tensor,
         condition: torch.Tensor,
         frames: int,
         temporal_pos: torch.Tensor,
@@ -84,8 +87,10 @@ class VideoDiTBlock(nn.Module):
         cache: BlockCache = NO_CACHE,
         index: int = 0,
     ) -> torch.Tensor:
-        # x: (B, F·S, D); condition: (B, D); temporal_pos: (1, F, 1, D); context: (B, L, D); context_mask: (B, L).
-        # With a `FeatureCache` the attention, cross-attention and MLP outputs may come from an earlier step (FORA).
+        # hidden_states: (B, F·S, D) tokens (named as diffusers' block hooks look them up); condition: (B, D);
+        # temporal_pos: see `attend`; context: (B, L, D); context_mask: (B, L). With a `FeatureCache` the attention,
+        # cross-attention and MLP outputs may come from an earlier step (FORA).
+        x = hidden_states
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(condition)[:, None].chunk(
             6, -1
         )

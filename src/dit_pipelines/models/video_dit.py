@@ -6,11 +6,13 @@ from typing import List, Optional, Union
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 from torch import nn
 
+from .caching import DiTCacheMixin
 from .dit_transformer import DiTModel
 from .embeddings import LabelEmbedder, TimestepEmbedder, sincos_1d, sincos_2d
 from .feature_cache import FeatureCache, cache_for_forward
@@ -30,7 +32,17 @@ def pooled_text(states: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Ten
     return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
-class VideoDiTModel(ModelMixin, ConfigMixin):
+#: Context parallelism of the full space-time layout: the tokens (B, F·S, D) and their temporal positions (1, F·S, D)
+#: are split across processes as they enter the blocks, the final layer's output is gathered; self-attention
+#: exchanges the tokens (Ulysses), cross-attention needs nothing (every process has the whole text).
+FULL_LAYOUT_CP_PLAN = {
+    "blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)},
+    "blocks.*": {"temporal_pos": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)},
+    "final_layer": ContextParallelOutput(gather_dim=1, expected_dims=3),
+}
+
+
+class VideoDiTModel(ModelMixin, ConfigMixin, DiTCacheMixin):
     r"""A spatio-temporal Diffusion Transformer on latent video (B, C, F, H, W).
 
     Tubelets of `temporal_patch_size` x `patch_size`² pixels become tokens with fixed 2D sin-cos positions in space
@@ -60,6 +72,9 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["VideoDiTBlock"]
+    _repeated_blocks = ["VideoDiTBlock"]
+    _guidance_batched_inputs = ("class_labels",)  # for FasterCache (`DiTCacheMixin`)
+    _output_format = "BCFHW"  # `compile_repeated_blocks()` compiles one block and reuses it
 
     @register_to_config
     def __init__(
@@ -227,6 +242,18 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
             if block.temporal_modulation is not None:
                 split_temporal_modulation(state_dict, f"blocks.{index}.", self.config.hidden_size)
 
+    @property
+    def _cp_plan(self):
+        """The context-parallel plan diffusers' `enable_parallelism` applies: the full layout's. The factorized
+        layouts attend within a frame and within a location in turn; splitting the tokens one way breaks the other
+        attention, and a plan cannot re-split between them, so they are refused."""
+        if self.config.attention_layout != "full":
+            raise ValueError(
+                f"Context parallelism needs attention_layout='full'; this model is {self.config.attention_layout!r}, "
+                "whose spatial and temporal attentions would need the tokens split two different ways."
+            )
+        return FULL_LAYOUT_CP_PLAN
+
     def temporal_positions(self, frames: int) -> torch.Tensor:
         """(frames, D) sin-cos features of the token frame indices, squeezed into [0, sample_frames' - 1] for
         longer clips when `interpolate_temporal_positions` (sample_frames' = trained token frames)."""
@@ -238,7 +265,7 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
 
     def forward(
         self,
-        sample: torch.Tensor,
+        hidden_states: torch.Tensor,
         timestep: Union[torch.Tensor, float, int],
         encoder_hidden_states: Optional[torch.Tensor] = None,
         encoder_attention_mask: Optional[torch.Tensor] = None,
@@ -246,10 +273,11 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
         return_dict: bool = True,
         feature_cache: Optional[FeatureCache] = None,
     ):
-        """Predict from a noisy latent video `sample` (B, C, F, H, W) at `timestep`, given T5 embeddings
+        """Predict from a noisy latent video `hidden_states` (B, C, F, H, W) at `timestep`, given T5 embeddings
         `encoder_hidden_states` (B, L, text_embed_dim) with `encoder_attention_mask` (B, L; 1 = token, 0 = padding),
         or `class_labels` (B,). Returns (B, C_out, F, H, W) in a `Transformer2DModelOutput`. `feature_cache` (one per
         sampling run) lets the blocks reuse their outputs of an earlier call (FORA); without it every call is exact."""
+        sample = hidden_states
         b, _, frames, height, width = sample.shape
         p, pt = self.config.patch_size, self.config.temporal_patch_size
         if height % p or width % p or frames % pt:
@@ -272,6 +300,8 @@ class VideoDiTModel(ModelMixin, ConfigMixin):
         x = rearrange(x, "b d f h w -> b f (h w) d")
         x = (x + sincos_2d(self.config.hidden_size, grid_h, grid_w).to(x.device, x.dtype)).flatten(1, 2)  # (B, T, D)
         temporal_pos = self.temporal_positions(grid_f).to(x.device, x.dtype)[None, :, None]  # (1, F', 1, D)
+        if self.config.attention_layout == "full":  # one row per token: (1, F'·S, D)
+            temporal_pos = temporal_pos.expand(1, grid_f, grid_h * grid_w, -1).flatten(1, 2)
         t_emb = self.timestep_embedder(timestep)
         if self.config.conditioning == "text":
             if self.config.pooled_text_conditioning:

@@ -1,6 +1,7 @@
 """The denoising loop both pipelines run: timesteps, initial noise, classifier-free guidance (optionally in an
 interval of timesteps), the scheduler step, step-end callbacks and feature caching."""
 
+import contextlib
 import inspect
 import logging
 import math
@@ -66,11 +67,11 @@ def step_kwargs(scheduler, **candidates) -> dict:
 
 
 def guide(model_output: torch.Tensor, scale: float, channels: int, guidance_channels: Optional[int] = None):
-    """Classifier-free guidance (Ho & Salimans, 2022) on a doubled batch [conditional; unconditional]:
-    pred = uncond + scale * (cond - uncond) on the first `guidance_channels` prediction channels (all `channels` by
-    default; the original DiT guides 3 of 4), the conditional prediction on the others, and the variance channels
-    (if any) of the conditional half. Returns the conditional half, (N/2, C_out, ...)."""
-    conditional, unconditional = model_output.chunk(2)
+    """Classifier-free guidance (Ho & Salimans, 2022) on a doubled batch [unconditional; conditional] (diffusers'
+    order, which FasterCache relies on): pred = uncond + scale * (cond - uncond) on the first `guidance_channels`
+    prediction channels (all `channels` by default; the original DiT guides 3 of 4), the conditional prediction on
+    the others, and the variance channels (if any) of the conditional half. Returns (N/2, C_out, ...)."""
+    unconditional, conditional = model_output.chunk(2)
     g = channels if guidance_channels is None else guidance_channels
     guided = unconditional[:, :g] + scale * (conditional[:, :g] - unconditional[:, :g])
     return torch.cat([guided, conditional[:, g:]], dim=1)
@@ -98,6 +99,12 @@ class GuidedDenoising:
     def num_timesteps(self) -> int:
         return self._num_timesteps
 
+    @property
+    def current_timestep(self):
+        """The timestep being denoised (None outside a call): what diffusers' PyramidAttentionBroadcast and
+        FasterCache read through `current_timestep_callback=lambda: pipe.current_timestep`."""
+        return getattr(self, "_current_timestep", None)
+
     def denoise(
         self,
         shape: Tuple[int, ...],
@@ -119,12 +126,14 @@ class GuidedDenoising:
         """Run the sampling chain from noise of `shape` (or the given `latents`) and return the final latents.
 
         `conditional` and `unconditional` are the transformer's conditioning keyword arguments for the batch and for
-        its unconditional twin (the null class, the empty prompt), batched along dim 0 as [conditional;
-        unconditional] on guided steps. Guidance is decided once from `guidance_scale` (> 1) and applies at the
-        timesteps of `guidance_interval` (low <= t <= high, all by default). The chain runs in float32 whatever the
-        transformer's dtype: in half precision its small per-step updates would be rounded away (DDIM's samples
-        shrink by several percent in bfloat16). `callback_tensors` are the other tensors a step-end callback may
-        read, besides the latents; it may return `{"latents": ...}` to replace them."""
+        its unconditional twin (the null class, the empty prompt), batched along dim 0 as [unconditional;
+        conditional] on guided steps. Each model call runs in the transformer's `cache_context` ("cond_uncond" on
+        guided steps, "cond" on the others), so that diffusers' cache hooks (`transformer.enable_cache`) keep one
+        state per kind of call; they are reset when the call ends. Guidance is decided once from `guidance_scale`
+        (> 1) and applies at the timesteps of `guidance_interval` (low <= t <= high, all by default). The chain runs
+        in float32 whatever the transformer's dtype: in half precision its small per-step updates would be rounded
+        away (DDIM's samples shrink by several percent in bfloat16). `callback_tensors` are the other tensors a
+        step-end callback may read, besides the latents; it may return `{"latents": ...}` to replace them."""
         feature_cache = feature_cache_for(cache_interval)  # None when off; a ValueError for a bad interval
         check_sampling_inputs(self.scheduler, shape, guidance_scale, num_inference_steps, latents)
         self._interrupt = False
@@ -147,21 +156,27 @@ class GuidedDenoising:
             return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in kwargs.items()}
 
         guided_kwargs = (
-            cast({k: torch.cat([v, unconditional[k]]) for k, v in conditional.items()}) if do_guidance else {}
+            cast({k: torch.cat([unconditional[k], v]) for k, v in conditional.items()}) if do_guidance else {}
         )
         conditional = cast(conditional)
         low, high = guidance_interval or (0, float("inf"))
         extra_step_kwargs = step_kwargs(self.scheduler, eta=eta, generator=generator)
         step_channels = None if takes_learned_variance(self.scheduler) else channels  # the others: prediction only
 
+        cache_context = getattr(self.transformer, "cache_context", None) or (lambda name: contextlib.nullcontext())
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             if self.interrupt:
                 break
+            self._current_timestep = t
             guided = do_guidance and low <= t <= high
             model_input = torch.cat([latents, latents]) if guided else latents
             model_input = self.scheduler.scale_model_input(model_input, t).to(dtype)
             kwargs = guided_kwargs if guided else conditional
-            output = self.transformer(model_input, t, **kwargs, feature_cache=feature_cache).sample.float()
+            timestep = t.to(device).expand(model_input.shape[0])  # per sample: cache hooks split it with the batch
+            with cache_context("cond_uncond" if guided else "cond"):
+                output = self.transformer(
+                    hidden_states=model_input, timestep=timestep, **kwargs, feature_cache=feature_cache
+                ).sample.float()
             if guided:
                 output = guide(output, self.guidance_scale, channels, guidance_channels)
             latents = self.scheduler.step(output[:, :step_channels], t, latents, **extra_step_kwargs).prev_sample
@@ -169,4 +184,5 @@ class GuidedDenoising:
                 tensors = {"latents": latents, **(callback_tensors or {})}
                 callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
                 latents = (callback_on_step_end(self, i, t, callback_kwargs) or {}).pop("latents", latents)
+        self._current_timestep = None
         return latents
