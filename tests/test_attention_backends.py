@@ -1,0 +1,58 @@
+"""diffusers' attention backends on our models: `set_attention_backend` reaches every attention (self and cross),
+the backend it names is the one called, and "native" and "_native_math" (the CPU's two) give the default output."""
+
+import pytest
+import torch
+from diffusers.models.attention import AttentionModuleMixin
+from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+from dit_pipelines import VideoDiTModel
+
+from .conftest import randomize_
+
+
+def models(tiny_dit):
+    torch.manual_seed(0)
+    video = VideoDiTModel(
+        sample_size=4,
+        sample_frames=3,
+        in_channels=4,
+        hidden_size=32,
+        depth=2,
+        num_heads=4,
+        text_embed_dim=16,
+        attention_layout="interleaved",
+    )
+    text, mask = torch.randn(2, 5, 16), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    return [
+        (tiny_dit(), (torch.randn(2, 4, 8, 8), torch.tensor([3, 900])), {"class_labels": torch.tensor([1, 2])}),
+        (
+            randomize_(video, std=0.1).eval(),
+            (torch.randn(2, 4, 3, 4, 4), torch.tensor([3, 900])),
+            {"encoder_hidden_states": text, "encoder_attention_mask": mask},
+        ),
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:Attention backends are an experimental feature")
+@pytest.mark.parametrize("backend", ["native", "_native_math"])
+def test_backends_reach_every_attention_and_match_the_default(tiny_dit, backend, monkeypatch):
+    name = AttentionBackendName(backend)
+    real, calls = _AttentionBackendRegistry._backends[name], []
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["query"].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setitem(_AttentionBackendRegistry._backends, name, counting)
+    for model, args, kwargs in models(tiny_dit):
+        attentions = [m for m in model.modules() if isinstance(m, AttentionModuleMixin)]
+        with torch.no_grad():
+            default = model(*args, **kwargs).sample
+            model.set_attention_backend(backend)
+            calls.clear()
+            out = model(*args, **kwargs).sample
+        assert {m.processor._attention_backend for m in attentions} == {name}
+        assert len(calls) == len(attentions)  # each attention once, through the chosen backend
+        torch.testing.assert_close(out, default, rtol=0, atol=1e-5)
+        model.reset_attention_backend()
