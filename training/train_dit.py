@@ -20,10 +20,12 @@ from dit_pipelines import DIT_PRESETS, DiTDDPMScheduler, DiTImagePipeline, DiTMo
 from dit_pipelines.data import class_names, load_image_dataset
 from dit_pipelines.pipelines.saved_layout import transformer_folder
 from dit_pipelines.training import (
+    AdapterConfig,
     ImageDataConfig,
     LatentConfig,
     TrainingConfig,
     add_arguments,
+    add_lora_adapter,
     add_training_arguments,
     build_training_images,
     drop_labels,
@@ -52,6 +54,7 @@ def parse_args(argv=None):
     )
     model.add_argument("--class_dropout_prob", type=float, default=0.1, help="label dropout for guidance")
     model.add_argument("--init_from", default=None, help="start from a saved DiTModel or DiTImagePipeline folder")
+    add_arguments(p, AdapterConfig)
     add_training_arguments(p)
     p.add_argument("--validation_images_per_class", type=int, default=2, help="columns of the validation grids")
     args = p.parse_args(argv)
@@ -107,6 +110,8 @@ def sample_grid(pipe, num_classes: int, columns: int, config: TrainingConfig, ac
 
 def main(args) -> str:
     config = TrainingConfig.from_arguments(args)
+    adapter = from_arguments(AdapterConfig, args)
+    adapter.check(args.init_from)
     objective, run = config.objective, config.run
     data_config, latent_config = from_arguments(ImageDataConfig, args), from_arguments(LatentConfig, args)
     accelerator = make_accelerator(config)
@@ -123,6 +128,8 @@ def main(args) -> str:
         patch_size = DiTModel.load_config(transformer_folder(args.init_from))["patch_size"]
     data = build_training_images(dataset, data_config, latent_config, vae, patch_size, run.output_dir, accelerator)
     model = build_model(args, data.channels, data.sample_size, len(names))
+    if adapter.enabled:  # LoRA: the pretrained model frozen, adapters trained
+        add_lora_adapter(model, adapter)
     noise_scheduler = noise_scheduler_for(objective, run, model.config.learn_sigma)
     # classifier-free guidance: labels dropped to the null class ("no label") at the model's class_dropout_prob
     null_class, label_dropout_prob = model.config.num_classes, model.config.class_dropout_prob

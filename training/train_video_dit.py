@@ -32,12 +32,14 @@ from dit_pipelines import DiTModel, DiTTextToVideoPipeline, VideoDiTModel
 from dit_pipelines.data.video_files import load_captioned_videos
 from dit_pipelines.pipelines.saved_layout import transformer_folder
 from dit_pipelines.training import (
+    AdapterConfig,
     CaptionEncoder,
     LatentConfig,
     TextEmbeddingCache,
     TrainingConfig,
     VideoDataConfig,
     add_arguments,
+    add_lora_adapter,
     add_training_arguments,
     build_training_clips,
     every_caption,
@@ -105,6 +107,7 @@ def parse_args(argv=None):
         default=0.0,
         help="train on one of a caption's parts (the `caption_parts` column) this often",
     )
+    add_arguments(p, AdapterConfig)
     add_training_arguments(p)
     p.add_argument("--validation_prompts", nargs="*", default=None, help="default: the dataset's first 4 captions")
     args = p.parse_args(argv)
@@ -168,6 +171,8 @@ def patch_size_of(args) -> int:
 
 def main(args) -> str:
     config = TrainingConfig.from_arguments(args)
+    adapter = from_arguments(AdapterConfig, args)
+    adapter.check(args.init_from)
     objective, run = config.objective, config.run
     data_config, latent_config = from_arguments(VideoDataConfig, args), from_arguments(LatentConfig, args)
     accelerator = make_accelerator(config)
@@ -195,6 +200,8 @@ def main(args) -> str:
         )
         text_encoder.to("cpu")  # from now on only validation prompts need it: off the accelerator
     model = build_model(args, clips, text_encoder.config.d_model)
+    if adapter.enabled:  # LoRA: the pretrained model frozen, adapters trained
+        add_lora_adapter(model, adapter)
     noise_scheduler = noise_scheduler_for(objective, run, model.config.learn_sigma)
 
     def diffusion_loss(model, x0, captions, parts):

@@ -27,6 +27,7 @@ PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")  # never uploaded: a comp
 #: what the pipeline folder itself may upload, besides the card and the pictures it shows
 RECORD_FILES = ("model_index.json", "training_args.json", "evaluation/*.json")
 TEMPLATES = Path(__file__).parent / "model_card_templates"
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # a LoRA run's adapter (diffusers' file name)
 PIPELINES = {
     "DiTImagePipeline": ("image.md", "unconditional-image-generation", ["class-conditional"]),
     "DiTTextToVideoPipeline": ("video.md", "text-to-video", ["text-to-video"]),
@@ -93,6 +94,8 @@ def model_card(
 
     root = Path(folder)
     index = _read_json(root / "model_index.json")
+    if index is None and (root / LORA_WEIGHTS).is_file():
+        return adapter_card(folder, repo_id, license, datasets, base_model, extra_tags, uploaded)
     if index is None:
         raise ValueError(f"{folder} is not a saved pipeline folder (no model_index.json).")
     if index["_class_name"] not in PIPELINES:
@@ -151,6 +154,43 @@ def model_card(
     )
 
 
+def adapter_card(folder, repo_id, license, datasets, base_model, extra_tags, uploaded):
+    """The card of a LoRA run's folder (`pytorch_lora_weights.safetensors`, no pipeline): it says the repo holds only
+    an adapter and names the base model (`--init_from`; Hub metadata when that is a Hub repo)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    training = _read_json(Path(folder) / "training_args.json") or {}
+    base = training.get("init_from")
+    if base_model is None:
+        base_model = _hub_repo_id(base)
+    if datasets is None:
+        datasets = [d for d in [_hub_repo_id(training.get("dataset") or training.get("dataset_name"))] if d]
+    card_data = ModelCardData(
+        library_name="diffusers",
+        license=license,
+        datasets=list(datasets) or None,
+        base_model=base_model,
+        tags=["dit_pipelines", "diffusion-transformer", "dit", "lora", *extra_tags],
+    )
+    adapter_keys = ("lora_rank", "lora_alpha", "lora_target_modules")
+    adapter_rows = [(k, training[k]) for k in adapter_keys if training.get(k) is not None]
+    training_rows = [
+        (k, _local_path_hidden(v))
+        for k, v in sorted(training.items())
+        if k not in UNREPORTED and k not in adapter_keys and v not in (None, False, [])
+    ]
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATES / "lora.md"),
+        repo_id=repo_id,
+        model_name=repo_id.split("/")[-1],
+        base_model_name=base_model or _local_path_hidden(base) or "the model it was trained from",
+        adapter_table=_table(adapter_rows),
+        training_table=_table(training_rows),
+        files="\n".join(f"- `{f}`" for f in uploaded or []),
+    )
+
+
 def pipeline_files(folder: str) -> List[str]:
     """The files of the saved pipeline in `folder` that a Hub repo gets, chosen by an allow-list, as sorted paths
     relative to `folder`: `model_index.json`, each component's `COMPONENT_FILES` (one folder level, as
@@ -159,6 +199,8 @@ def pipeline_files(folder: str) -> List[str]:
     written and added by `push_pipeline`."""
     root = Path(folder)
     index = _read_json(root / "model_index.json")
+    if index is None and (root / LORA_WEIGHTS).is_file():  # a LoRA run's folder: the adapter and its records
+        return sorted({p.relative_to(root).as_posix() for f in (LORA_WEIGHTS, *RECORD_FILES) for p in root.glob(f)})
     if index is None:
         raise ValueError(f"{folder} is not a saved pipeline folder (no model_index.json).")
     components = [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)]

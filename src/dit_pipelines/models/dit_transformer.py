@@ -5,6 +5,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
@@ -46,7 +47,7 @@ class DiTBlock(nn.Module):
         return torch.addcmul(x, mlp, gate_mlp)
 
 
-class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin):
+class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
     r"""The Diffusion Transformer (DiT) of Peebles & Xie (2023), "Scalable Diffusion Models with Transformers".
 
     Patchify (a stride-p convolution) and fixed 2D sin-cos positions, then `depth` adaLN-Zero blocks conditioned on

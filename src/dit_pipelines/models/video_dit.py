@@ -6,6 +6,7 @@ from typing import List, Optional, Union
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
@@ -42,7 +43,7 @@ FULL_LAYOUT_CP_PLAN = {
 }
 
 
-class VideoDiTModel(ModelMixin, ConfigMixin, DiTCacheMixin):
+class VideoDiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
     r"""A spatio-temporal Diffusion Transformer on latent video (B, C, F, H, W).
 
     Tubelets of `temporal_patch_size` x `patch_size`² pixels become tokens with fixed 2D sin-cos positions in space

@@ -12,6 +12,7 @@ from diffusers.image_processor import VaeImageProcessor
 from ..latents import unscale_latents, vae_scale_factor
 from ..models import DiTModel
 from .denoising import GuidedDenoising
+from .lora import DiTLoraLoaderMixin
 
 ClassLabels = Union[int, str, List[Union[int, str]], torch.Tensor]
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -38,7 +39,7 @@ def _flat_labels(labels) -> List[Union[int, str]]:
     )
 
 
-class DiTImagePipeline(GuidedDenoising, DiffusionPipeline):
+class DiTImagePipeline(GuidedDenoising, DiffusionPipeline, DiTLoraLoaderMixin):
     r"""Class-conditional generation with a Diffusion Transformer (Peebles & Xie, 2023).
 
     Components:

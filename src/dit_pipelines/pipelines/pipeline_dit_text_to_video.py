@@ -16,6 +16,7 @@ from einops import rearrange
 from ..latents import unscale_latents, vae_scale_factor
 from ..models import VideoDiTModel
 from .denoising import GuidedDenoising
+from .lora import DiTLoraLoaderMixin
 from .text_encoding import encode_text
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
@@ -31,7 +32,7 @@ class DiTVideoPipelineOutput(BaseOutput):
     frames: Union[np.ndarray, torch.Tensor, List[List[PIL.Image.Image]]]
 
 
-class DiTTextToVideoPipeline(GuidedDenoising, DiffusionPipeline):
+class DiTTextToVideoPipeline(GuidedDenoising, DiffusionPipeline, DiTLoraLoaderMixin):
     r"""Text-to-video generation with a `VideoDiTModel` (Latte / STDiT family).
 
     Components:

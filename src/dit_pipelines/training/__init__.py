@@ -4,6 +4,7 @@ checkpoints, latent encoding and caching, and conditioning dropout for guidance.
     from dit_pipelines.training import TrainingConfig, add_training_arguments, make_accelerator, train
 """
 
+from .adapters import AdapterConfig, add_lora_adapter, has_lora_adapter, save_lora_adapter
 from .captions import CaptionEncoder, TextEmbeddingCache, load_text_encoder
 from .checkpoints import checkpoints, read_state, resolve_resume_path, save_checkpoint
 from .conditioning import drop_labels, training_caption_ids, training_captions
@@ -34,6 +35,10 @@ from .sharded_cache import Field, ShardedCache, fill_cache, module_fingerprint
 from .video_data import TrainingClips, VideoDataConfig, build_training_clips, every_caption
 
 __all__ = [
+    "AdapterConfig",
+    "add_lora_adapter",
+    "has_lora_adapter",
+    "save_lora_adapter",
     "CachedSamples",
     "CaptionEncoder",
     "TextEmbeddingCache",

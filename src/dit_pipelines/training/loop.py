@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..schedulers import DiTDDIMScheduler, DiTDDPMScheduler
+from .adapters import has_lora_adapter, save_lora_adapter
 from .checkpoints import (
     load_checkpoint,
     load_ema,
@@ -115,6 +116,8 @@ def train(
     The resume path is checked before any work; trainable parameters are those with `requires_grad`, so a frozen
     parameter is not in the optimizer and neither its gradient nor weight decay moves it."""
     opt, run = config.optimization, config.run
+    if accelerator.distributed_type == DistributedType.FSDP and has_lora_adapter(model):
+        raise ValueError("LoRA runs are not supported under FSDP: train the adapters with DDP (they are small).")
     hyperparameters = {k: v for k, v in (hyperparameters or {}).items() if k != "hub_token"}  # never logged or saved
     resume = resolve_resume_path(run.output_dir, run.resume_from_checkpoint)
     if opt.gradient_checkpointing:
@@ -281,9 +284,13 @@ def train(
         guard.check_weights(ema.shadow_params, "the pipeline")  # (every process: under FSDP each checks its shards)
 
         def save(model):
-            save_pipeline_atomically(make_pipeline(model), run.output_dir)
+            if has_lora_adapter(model):  # a LoRA run: its adapters, for any copy of the base pipeline to load
+                path = save_lora_adapter(make_pipeline(model), run.output_dir)
+                logger.info("Saved the LoRA adapter to %s", path)
+            else:
+                save_pipeline_atomically(make_pipeline(model), run.output_dir)
+                logger.info("Saved the pipeline to %s", run.output_dir)
             save_training_args(run.output_dir, hyperparameters)
-            logger.info("Saved the pipeline to %s", run.output_dir)
 
         if sharded:
             with_ema_weights(save)
