@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dit_pipelines import DiTModel
+from dit_pipelines import DiTModel, VideoDiTModel
 
 
 def randomize_(module: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torch.nn.Module:
@@ -26,6 +26,28 @@ def tiny_dit():
         return randomize_(model) if random else model
 
     return make
+
+
+@pytest.fixture
+def tiny_video_dit():
+    """A factory of tiny text-conditioned video DiTs (3 frames of 4x4x4 latents, width 32, 4 heads, 2 depth steps,
+    16-wide text), randomised with std 0.1; `video_inputs` gives them inputs."""
+
+    def make(**overrides) -> VideoDiTModel:
+        config = dict(sample_size=4, sample_frames=3, in_channels=4, hidden_size=32, depth=2, num_heads=4)
+        config.update(text_embed_dim=16, **overrides)
+        torch.manual_seed(0)
+        return randomize_(VideoDiTModel(**config), std=0.1).eval()
+
+    return make
+
+
+def video_inputs(frames: int = 3):
+    """(args, kwargs) of a `tiny_video_dit` forward on 2 clips: one prompt of 3 tokens padded to 5, one of 5."""
+    generator = torch.Generator().manual_seed(2)
+    clips, text = torch.randn(2, 4, frames, 4, 4, generator=generator), torch.randn(2, 5, 16, generator=generator)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    return (clips, torch.tensor([3, 900])), {"encoder_hidden_states": text, "encoder_attention_mask": mask}
 
 
 def pytest_addoption(parser):

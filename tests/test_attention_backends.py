@@ -6,37 +6,19 @@ import torch
 from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
-from dit_pipelines import VideoDiTModel
-
-from .conftest import randomize_
+from .conftest import video_inputs
 
 
-def models(tiny_dit):
-    torch.manual_seed(0)
-    video = VideoDiTModel(
-        sample_size=4,
-        sample_frames=3,
-        in_channels=4,
-        hidden_size=32,
-        depth=2,
-        num_heads=4,
-        text_embed_dim=16,
-        attention_layout="interleaved",
-    )
-    text, mask = torch.randn(2, 5, 16), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
-    return [
-        (tiny_dit(), (torch.randn(2, 4, 8, 8), torch.tensor([3, 900])), {"class_labels": torch.tensor([1, 2])}),
-        (
-            randomize_(video, std=0.1).eval(),
-            (torch.randn(2, 4, 3, 4, 4), torch.tensor([3, 900])),
-            {"encoder_hidden_states": text, "encoder_attention_mask": mask},
-        ),
-    ]
+def models(tiny_dit, tiny_video_dit):
+    """(model, args, kwargs) of a tiny image DiT and a tiny interleaved video DiT (self-, temporal and masked
+    cross-attention)."""
+    image = (tiny_dit(), (torch.randn(2, 4, 8, 8), torch.tensor([3, 900])), {"class_labels": torch.tensor([1, 2])})
+    return [image, (tiny_video_dit(attention_layout="interleaved"), *video_inputs())]
 
 
 @pytest.mark.filterwarnings("ignore:Attention backends are an experimental feature")
 @pytest.mark.parametrize("backend", ["native", "_native_math"])
-def test_backends_reach_every_attention_and_match_the_default(tiny_dit, backend, monkeypatch):
+def test_backends_reach_every_attention_and_match_the_default(tiny_dit, tiny_video_dit, backend, monkeypatch):
     name = AttentionBackendName(backend)
     real, calls = _AttentionBackendRegistry._backends[name], []
 
@@ -45,7 +27,7 @@ def test_backends_reach_every_attention_and_match_the_default(tiny_dit, backend,
         return real(*args, **kwargs)
 
     monkeypatch.setitem(_AttentionBackendRegistry._backends, name, counting)
-    for model, args, kwargs in models(tiny_dit):
+    for model, args, kwargs in models(tiny_dit, tiny_video_dit):
         attentions = [m for m in model.modules() if isinstance(m, AttentionModuleMixin)]
         with torch.no_grad():
             default = model(*args, **kwargs).sample

@@ -19,11 +19,10 @@ from diffusers import (
 from diffusers.hooks._helpers import TransformerBlockRegistry
 
 import dit_pipelines.models.attention as attention_module
-from dit_pipelines import DiTDDPMScheduler, DiTImagePipeline, DiTTextToVideoPipeline, VideoDiTModel
+from dit_pipelines import DiTDDPMScheduler, DiTImagePipeline, DiTTextToVideoPipeline
 from dit_pipelines.models.dit_transformer import DiTBlock
 from dit_pipelines.models.video_blocks import VideoDiTBlock
 
-from .conftest import randomize_
 from .test_video_pipeline import components  # noqa: F401 (fixture)
 
 STEPS = 8
@@ -31,18 +30,13 @@ EVERYWHERE = (-1, 1001)  # a timestep range holding every timestep
 
 
 @pytest.fixture(params=["image", "video"])
-def pipe(request, tiny_dit, components):  # noqa: F811
+def pipe(request, tiny_dit, tiny_video_dit, components):  # noqa: F811
+    scheduler = DiTDDPMScheduler(timestep_respacing=str(STEPS))
     if request.param == "image":
-        pipe = DiTImagePipeline(tiny_dit(in_channels=3, depth=3), DiTDDPMScheduler(timestep_respacing=str(STEPS)))
-    else:
-        torch.manual_seed(0)
-        transformer = VideoDiTModel(  # spatial, temporal and cross-attention in every depth step
-            sample_size=4, sample_frames=3, in_channels=4, hidden_size=32, depth=2, num_heads=4, text_embed_dim=16
-        )
-        randomize_(transformer, std=0.1)
+        pipe = DiTImagePipeline(tiny_dit(in_channels=3, depth=3), scheduler)
+    else:  # spatial, temporal and cross-attention in every block
         parts = {k: components[k] for k in ("tokenizer", "text_encoder", "vae")}
-        scheduler = DiTDDPMScheduler(timestep_respacing=str(STEPS))
-        pipe = DiTTextToVideoPipeline(**parts, transformer=transformer.eval(), scheduler=scheduler)
+        pipe = DiTTextToVideoPipeline(**parts, transformer=tiny_video_dit(), scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -9,28 +9,24 @@ from diffusers import DiffusionPipeline
 from peft import LoraConfig
 from safetensors.torch import load_file
 
-from dit_pipelines import DiTDDPMScheduler, DiTImagePipeline, DiTTextToVideoPipeline, VideoDiTModel
+from dit_pipelines import DiTDDPMScheduler, DiTImagePipeline, DiTTextToVideoPipeline
 from dit_pipelines.hub import model_card, pipeline_files
 from dit_pipelines.training.adapters import DEFAULT_TARGETS, LORA_WEIGHTS, save_lora_adapter
 from training.train_dit import main, parse_args
 
-from .conftest import randomize_
+from .conftest import video_inputs
 from .test_training import bars, tiny_args  # noqa: F401 (bars: fixture)
 from .test_video_pipeline import components  # noqa: F401 (fixture)
 
 
 @pytest.fixture(params=["image", "video"])
-def pipe(request, tiny_dit, components):  # noqa: F811
+def pipe(request, tiny_dit, tiny_video_dit, components):  # noqa: F811
     scheduler = DiTDDPMScheduler(timestep_respacing="3")
     if request.param == "image":
         pipe = DiTImagePipeline(tiny_dit(in_channels=3), scheduler)
     else:
-        torch.manual_seed(0)
-        transformer = VideoDiTModel(
-            sample_size=4, sample_frames=3, in_channels=4, hidden_size=32, depth=1, num_heads=4, text_embed_dim=16
-        )
         parts = {k: components[k] for k in ("tokenizer", "text_encoder", "vae")}
-        pipe = DiTTextToVideoPipeline(**parts, transformer=randomize_(transformer, std=0.1).eval(), scheduler=scheduler)
+        pipe = DiTTextToVideoPipeline(**parts, transformer=tiny_video_dit(depth=1), scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -43,14 +39,12 @@ def sample(pipe):
 
 def forward(pipe):
     """The transformer's output on fixed inputs (the sampling chain would amplify float rounding)."""
-    generator = torch.Generator().manual_seed(2)
-    t = torch.tensor([3, 900])
     with torch.no_grad():
         if isinstance(pipe, DiTImagePipeline):
-            x = torch.randn(2, 3, 8, 8, generator=generator)
-            return pipe.transformer(x, t, class_labels=torch.tensor([1, 2])).sample
-        x, text = torch.randn(2, 4, 3, 4, 4, generator=generator), torch.randn(2, 5, 16, generator=generator)
-        return pipe.transformer(x, t, encoder_hidden_states=text, encoder_attention_mask=torch.ones(2, 5)).sample
+            x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+            return pipe.transformer(x, torch.tensor([3, 900]), class_labels=torch.tensor([1, 2])).sample
+        args, kwargs = video_inputs()
+        return pipe.transformer(*args, **kwargs).sample
 
 
 def add_random_adapter(transformer):
