@@ -110,12 +110,23 @@ def settings(pipe, args) -> dict:
             cache_interval=interval, disable_cache_before_step=2, taylor_factors_dtype=torch.float32
         )
 
+    def fora(interval):  # ours as a TaylorSeer setting: outputs of attention and MLPs reused as they are
+        return TaylorSeerCacheConfig(
+            cache_interval=interval,
+            disable_cache_before_step=1,
+            max_order=0,
+            taylor_factors_dtype=torch.float32,
+            cache_identifiers=[r"blocks\.\d+\.(attn|mlp)"],
+        )
+
     table = {
         "uncached": (None, None),
         "ours, cache_interval=2": (2, None),
         "ours, cache_interval=3": (3, None),
         "FirstBlockCache, threshold 0.1": (None, FirstBlockCacheConfig(threshold=0.1)),
         "FirstBlockCache, threshold 0.2": (None, FirstBlockCacheConfig(threshold=0.2)),
+        "TaylorSeer order 0 on attn+mlp (= FORA), cache_interval=2": (None, fora(2)),
+        "TaylorSeer order 0 on attn+mlp (= FORA), cache_interval=3": (None, fora(3)),
         "TaylorSeer, cache_interval=2": (None, taylorseer(2)),
         "TaylorSeer, cache_interval=3": (None, taylorseer(3)),
         "PyramidAttentionBroadcast, skip 2": (None, pab(2)),
