@@ -232,3 +232,17 @@ def test_a_t5_loads_from_a_plain_folder_or_from_tokenizer_and_text_encoder_subfo
     assert plain_tokenizer.tokenize("the digit 3 moves up") == tokenizer.tokenize("the digit 3 moves up")
     assert not any(p.requires_grad for p in plain_encoder.parameters()) and not plain_encoder.training
     assert all(torch.equal(a, b) for a, b in zip(plain_encoder.state_dict().values(), encoder.state_dict().values()))
+
+
+def test_a_lora_video_run_saves_an_adapter_that_loads_into_the_base_pipeline(clips, tmp_path):
+    base = train_video(tmp_path / "base", clips, "--max_train_steps", "2")
+    out = train_video(tmp_path / "lora", clips, "--max_train_steps", "2", "--init_from", base, "--lora_rank", "2")
+    saved = load_file(os.path.join(out, "pytorch_lora_weights.safetensors"))
+    assert saved and all("lora_" in k for k in saved)
+    assert any(".cross_attn." in k for k in saved) and any(".temporal_attn." in k for k in saved)
+    pipe = DiffusionPipeline.from_pretrained(base)
+    pipe.set_progress_bar_config(disable=True)
+    before = pipe("the digit 3 moves up", generator=torch.manual_seed(0), output_type="np").frames
+    pipe.load_lora_weights(out)
+    after = pipe("the digit 3 moves up", generator=torch.manual_seed(0), output_type="np").frames
+    assert before.shape == after.shape and not (before == after).all()  # the adapters were trained away from zero
