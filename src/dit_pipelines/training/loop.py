@@ -4,6 +4,7 @@ checkpoints with exact resume, validation with the EMA weights, and the final pi
 import json
 import logging
 import os
+import time
 from typing import Callable, Optional
 
 import torch
@@ -75,6 +76,20 @@ def _fsdp_on_cpu(accelerator: Accelerator) -> None:
     accelerator.state.fsdp_plugin = plugin
     accelerator.state.distributed_type = DistributedType.FSDP
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def _quiesce(accelerator: Accelerator) -> None:
+    """Let every process finish the main one's saving and pushing, and the collectives' worker threads finish with
+    their last work, before the process group is torn down.
+
+    A run under gloo was seen hanging at exit (in CI, and once here in 4 runs): the DDP reducer, freed with the GIL
+    held, destroyed the process group, whose destructor joins its worker threads, while one of them waited for the
+    GIL to free the Python-owned tensors of a finished all-reduce (torch 2.13). The barrier makes that all-reduce
+    complete everywhere; the short sleep releases the GIL so that its worker can drop it."""
+    if accelerator.num_processes == 1:
+        return
+    accelerator.wait_for_everyone()
+    time.sleep(0.2)
 
 
 def noise_scheduler_for(objective: ObjectiveConfig, run: RunConfig, learn_sigma: bool) -> DiTDDPMScheduler:
@@ -310,9 +325,7 @@ def train(
                 commit_message=f"Upload {run_name} after {global_step} steps",
             )
             logger.info("Pushed to %s", url)
-    # every process waits for the main one's saving and pushing before any tears the process group down: a process
-    # destroying its group while another still runs can hang both at exit (seen under gloo in CI)
-    accelerator.wait_for_everyone()
+    _quiesce(accelerator)
     accelerator.end_training()
     if getattr(accelerator, "run_lock", None) is not None:
         accelerator.run_lock.release()
