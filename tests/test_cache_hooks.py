@@ -182,3 +182,32 @@ def test_faster_cache_config_is_completed_for_the_model_not_changed(tiny_dit):
         config.tensor_format == "BCFHW"
         and "class_labels" not in config._unconditional_conditional_input_kwargs_identifiers
     )
+
+
+@pytest.mark.parametrize("kind", HOOKS)
+def test_a_hook_is_refused_where_guidance_covers_only_some_steps(pipe, kind):
+    """The hooks keep a state per kind of call (or one for both): a chain whose batch changes size between steps
+    would feed them stale outputs or misaligned step counts."""
+    pipe.transformer.enable_cache(configs(pipe, kind)[0])
+    conditioning = [1, 2] if isinstance(pipe, DiTImagePipeline) else ["the digit 3 moves up"]
+    try:
+        with pytest.raises(ValueError, match="guidance_interval"):
+            pipe(conditioning, guidance_scale=3.0, guidance_interval=(300, 700), output_type="latent")
+        with pytest.raises(ValueError, match="would both cache"):
+            pipe(conditioning, guidance_scale=3.0, cache_interval=2, output_type="latent")
+        if kind == "faster":
+            with pytest.raises(ValueError, match="is_guidance_distilled"):
+                pipe(conditioning, guidance_scale=1.0, output_type="latent")
+    finally:
+        pipe.transformer.disable_cache()
+
+
+def test_a_guided_batch_is_unconditional_then_conditional(tiny_dit):
+    """diffusers' order, which FasterCache's split relies on: the null class first."""
+    pipe = DiTImagePipeline(tiny_dit(in_channels=3), DiTDDPMScheduler(timestep_respacing="2"))
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    pipe.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["class_labels"]), with_kwargs=True)
+    pipe([3, 7], guidance_scale=4.0)
+    null = pipe.transformer.config.num_classes
+    assert all(labels.tolist() == [null, null, 3, 7] for labels in seen) and len(seen) == 2

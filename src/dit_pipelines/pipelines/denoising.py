@@ -77,6 +77,33 @@ def guide(model_output: torch.Tensor, scale: float, channels: int, guidance_chan
     return torch.cat([guided, conditional[:, g:]], dim=1)
 
 
+def check_cache_hooks(transformer, guided_steps: Sequence[bool], cache_interval: Optional[int]) -> None:
+    """The `ValueError`s for a diffusers cache hook (`transformer.enable_cache`) that this call would feed wrong.
+
+    The hooks keep their state per kind of call ("cond" / "cond_uncond", or one state for both): when guidance is on
+    at only some steps (`guidance_interval`) the batch changes size between them, and their cached outputs (PAB,
+    FasterCache) or step counts (TaylorSeer, MagCache) stop lining up with the chain. `cache_interval` (ours)
+    recomputes wherever the batch changes. FasterCache also splits every batch into two halves, so it needs
+    guidance at every step unless told the model is guidance-distilled."""
+    config = getattr(transformer, "_cache_config", None)
+    if config is None:
+        return
+    name = type(config).__name__.removesuffix("Config")
+    if cache_interval is not None and cache_interval > 1:
+        raise ValueError(f"cache_interval and the transformer's {name} would both cache: disable one of them.")
+    if any(guided_steps) and not all(guided_steps):
+        raise ValueError(
+            f"The transformer's {name} keeps its state per kind of call, so it cannot follow a chain guided at only "
+            "some steps (guidance_interval): guide every step, or use cache_interval, which recomputes where the "
+            "batch changes."
+        )
+    if name == "FasterCache" and not any(guided_steps) and not config.is_guidance_distilled:
+        raise ValueError(
+            "FasterCache splits every batch into unconditional and conditional halves: sample with "
+            "guidance_scale > 1, or enable it with is_guidance_distilled=True."
+        )
+
+
 class GuidedDenoising:
     """Mixin of the pipelines: `denoise`, and the state of the current call that diffusers' step-end callbacks read
     and change, as in diffusers' own pipelines (`pipe.guidance_scale`, `pipe.num_timesteps`, and
@@ -128,12 +155,14 @@ class GuidedDenoising:
         `conditional` and `unconditional` are the transformer's conditioning keyword arguments for the batch and for
         its unconditional twin (the null class, the empty prompt), batched along dim 0 as [unconditional;
         conditional] on guided steps. Each model call runs in the transformer's `cache_context` ("cond_uncond" on
-        guided steps, "cond" on the others), so that diffusers' cache hooks (`transformer.enable_cache`) keep one
-        state per kind of call; they are reset when the call ends. Guidance is decided once from `guidance_scale`
-        (> 1) and applies at the timesteps of `guidance_interval` (low <= t <= high, all by default). The chain runs
-        in float32 whatever the transformer's dtype: in half precision its small per-step updates would be rounded
-        away (DDIM's samples shrink by several percent in bfloat16). `callback_tensors` are the other tensors a
-        step-end callback may read, besides the latents; it may return `{"latents": ...}` to replace them."""
+        guided steps, "cond" on the others; with the step index, step count and timestep), so that diffusers' cache
+        hooks (`transformer.enable_cache`) keep one state per kind of call; they are reset at the start and the end
+        of every call, and refused where they would go wrong (`check_cache_hooks`). Guidance is decided once from
+        `guidance_scale` (> 1) and applies at the timesteps of `guidance_interval` (low <= t <= high, all by
+        default). The chain runs in float32 whatever the transformer's dtype: in half precision its small per-step
+        updates would be rounded away (DDIM's samples shrink by several percent in bfloat16). `callback_tensors` are
+        the other tensors a step-end callback may read, besides the latents; it may return `{"latents": ...}` to
+        replace them."""
         feature_cache = feature_cache_for(cache_interval)  # None when off; a ValueError for a bad interval
         check_sampling_inputs(self.scheduler, shape, guidance_scale, num_inference_steps, latents)
         self._interrupt = False
@@ -163,26 +192,33 @@ class GuidedDenoising:
         extra_step_kwargs = step_kwargs(self.scheduler, eta=eta, generator=generator)
         step_channels = None if takes_learned_variance(self.scheduler) else channels  # the others: prediction only
 
-        cache_context = getattr(self.transformer, "cache_context", None) or (lambda name: contextlib.nullcontext())
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            if self.interrupt:
-                break
-            self._current_timestep = t
-            guided = do_guidance and low <= t <= high
-            model_input = torch.cat([latents, latents]) if guided else latents
-            model_input = self.scheduler.scale_model_input(model_input, t).to(dtype)
-            kwargs = guided_kwargs if guided else conditional
-            timestep = t.to(device).expand(model_input.shape[0])  # per sample: cache hooks split it with the batch
-            with cache_context("cond_uncond" if guided else "cond"):
-                output = self.transformer(
-                    hidden_states=model_input, timestep=timestep, **kwargs, feature_cache=feature_cache
-                ).sample.float()
-            if guided:
-                output = guide(output, self.guidance_scale, channels, guidance_channels)
-            latents = self.scheduler.step(output[:, :step_channels], t, latents, **extra_step_kwargs).prev_sample
-            if callback_on_step_end is not None:
-                tensors = {"latents": latents, **(callback_tensors or {})}
-                callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
-                latents = (callback_on_step_end(self, i, t, callback_kwargs) or {}).pop("latents", latents)
-        self._current_timestep = None
+        guided_steps = [bool(do_guidance and low <= t <= high) for t in self.scheduler.timesteps]
+        check_cache_hooks(self.transformer, guided_steps, cache_interval)
+        if hasattr(self.transformer, "_reset_stateful_cache"):  # even if an earlier call stopped half-way
+            self.transformer._reset_stateful_cache()
+        cache_context = getattr(self.transformer, "cache_context", None) or (lambda *a, **k: contextlib.nullcontext())
+        try:
+            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                if self.interrupt:
+                    break
+                self._current_timestep = t
+                guided = guided_steps[i]
+                model_input = torch.cat([latents, latents]) if guided else latents
+                model_input = self.scheduler.scale_model_input(model_input, t).to(dtype)
+                kwargs = guided_kwargs if guided else conditional
+                timestep = t.to(device).expand(model_input.shape[0])  # per sample: cache hooks split it with the batch
+                context = dict(step_index=i, num_inference_steps=self._num_timesteps, timestep=t)
+                with cache_context("cond_uncond" if guided else "cond", **context):
+                    output = self.transformer(
+                        hidden_states=model_input, timestep=timestep, **kwargs, feature_cache=feature_cache
+                    ).sample.float()
+                if guided:
+                    output = guide(output, self.guidance_scale, channels, guidance_channels)
+                latents = self.scheduler.step(output[:, :step_channels], t, latents, **extra_step_kwargs).prev_sample
+                if callback_on_step_end is not None:
+                    tensors = {"latents": latents, **(callback_tensors or {})}
+                    callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
+                    latents = (callback_on_step_end(self, i, t, callback_kwargs) or {}).pop("latents", latents)
+        finally:
+            self._current_timestep = None
         return latents
