@@ -73,9 +73,9 @@ class VideoDiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["VideoDiTBlock"]
-    _repeated_blocks = ["VideoDiTBlock"]
+    _repeated_blocks = ["VideoDiTBlock"]  # `compile_repeated_blocks()` compiles one block and reuses it
     _guidance_batched_inputs = ("class_labels",)  # for FasterCache (`DiTCacheMixin`)
-    _output_format = "BCFHW"  # `compile_repeated_blocks()` compiles one block and reuses it
+    _output_format = "BCFHW"
 
     @register_to_config
     def __init__(
@@ -254,6 +254,13 @@ class VideoDiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
                 "whose spatial and temporal attentions would need the tokens split two different ways."
             )
         return FULL_LAYOUT_CP_PLAN
+
+    def enable_parallelism(self, *, config, cp_plan=None):
+        """diffusers' `enable_parallelism`, with the layout checked first: diffusers sets the parallel config up in
+        every attention before it reads the plan, so a refused layout would be left half set up."""
+        if cp_plan is None:
+            self._cp_plan  # noqa: B018 (a ValueError for the factorized layouts)
+        return super().enable_parallelism(config=config, cp_plan=cp_plan)
 
     def temporal_positions(self, frames: int) -> torch.Tensor:
         """(frames, D) sin-cos features of the token frame indices, squeezed into [0, sample_frames' - 1] for
