@@ -117,7 +117,8 @@ def test_a_lora_training_run_changes_only_adapters_and_saves_them(bars, tmp_path
 
     card = model_card(out, "me/bars-lora")
     assert card.data.base_model is None  # a local base folder is named in the text, not as Hub metadata
-    assert "LoRA adapter" in card.text and "load_lora_weights" in card.text and "base" in card.text
+    assert "LoRA adapter" in card.text and "load_lora_weights" in card.text and "`fc1`" in card.text
+    assert "**.../base**" in card.text and 'from_pretrained("path/to/base-pipeline")' in card.text
     assert pipeline_files(out) == [LORA_WEIGHTS, "training_args.json"]
 
 

@@ -60,6 +60,25 @@ def _hub_repo_id(value) -> Optional[str]:
     return None
 
 
+def _run_sources(training: dict, datasets, base_model):
+    """`datasets` and `base_model` for a card: as given, or the run's own (`--dataset` / `--dataset_name`,
+    `--init_from` / `--init_from_image_dit`), each if it is a Hub repo."""
+    if base_model is None:
+        base_model = _hub_repo_id(training.get("init_from") or training.get("init_from_image_dit"))
+    if datasets is None:
+        datasets = [d for d in [_hub_repo_id(training.get("dataset") or training.get("dataset_name"))] if d]
+    return list(datasets) or None, base_model
+
+
+def _training_rows(training: dict, leave_out=()) -> list:
+    """The training arguments a card reports (not where the run went, nor unset options), local paths shortened."""
+    return [
+        (k, _local_path_hidden(v))
+        for k, v in sorted(training.items())
+        if k not in UNREPORTED and k not in leave_out and v not in (None, False, [])
+    ]
+
+
 def _local_path_hidden(value):
     """An absolute local path shown by its last part (a card should not publish the trainer's home folder)."""
     return f".../{os.path.basename(value.rstrip('/'))}" if isinstance(value, str) and os.path.isabs(value) else value
@@ -104,15 +123,12 @@ def model_card(
     transformer = _read_json(root / "transformer" / "config.json") or {}
     scheduler = _read_json(root / "scheduler" / "scheduler_config.json") or {}
     training = _read_json(root / "training_args.json") or {}
-    if base_model is None:
-        base_model = _hub_repo_id(training.get("init_from") or training.get("init_from_image_dit"))
-    if datasets is None:
-        datasets = [d for d in [_hub_repo_id(training.get("dataset"))] if d]
+    datasets, base_model = _run_sources(training, datasets, base_model)
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag=pipeline_tag,
         license=license,
-        datasets=list(datasets) or None,
+        datasets=datasets,
         base_model=base_model,
         tags=["dit_pipelines", "diffusion-transformer", "dit", *tags, *extra_tags],
     )
@@ -130,11 +146,7 @@ def model_card(
         model_rows.append(("vae", f"{vae['_class_name']}, f = {factor}, {vae['latent_channels']} latent channels"))
     sampler_rows = [("scheduler", scheduler.get("_class_name"))]
     sampler_rows += [(k, scheduler[k]) for k in SCHEDULER_KEYS if k in scheduler]
-    training_rows = [
-        (k, _local_path_hidden(v))
-        for k, v in sorted(training.items())
-        if k not in UNREPORTED and v not in (None, False, [])
-    ]
+    training_rows = _training_rows(training)
     labels = [v for _, v in sorted((index.get("id2label") or {}).items(), key=lambda kv: int(kv[0]))]
     prompts = training.get("validation_prompts") or ["a description of the clip"]
     return ModelCard.from_template(
@@ -156,37 +168,30 @@ def model_card(
 
 def adapter_card(folder, repo_id, license, datasets, base_model, extra_tags, uploaded):
     """The card of a LoRA run's folder (`pytorch_lora_weights.safetensors`, no pipeline): it says the repo holds only
-    an adapter and names the base model (`--init_from`; Hub metadata when that is a Hub repo)."""
+    an adapter, names the base model (`--init_from`; Hub metadata when that is a Hub repo) and the adapted layers."""
     from huggingface_hub import ModelCard, ModelCardData
 
     training = _read_json(Path(folder) / "training_args.json") or {}
-    base = training.get("init_from")
-    if base_model is None:
-        base_model = _hub_repo_id(base)
-    if datasets is None:
-        datasets = [d for d in [_hub_repo_id(training.get("dataset") or training.get("dataset_name"))] if d]
+    datasets, base_model = _run_sources(training, datasets, base_model)
     card_data = ModelCardData(
         library_name="diffusers",
         license=license,
-        datasets=list(datasets) or None,
+        datasets=datasets,
         base_model=base_model,
         tags=["dit_pipelines", "diffusion-transformer", "dit", "lora", *extra_tags],
     )
     adapter_keys = ("lora_rank", "lora_alpha", "lora_target_modules")
-    adapter_rows = [(k, training[k]) for k in adapter_keys if training.get(k) is not None]
-    training_rows = [
-        (k, _local_path_hidden(v))
-        for k, v in sorted(training.items())
-        if k not in UNREPORTED and k not in adapter_keys and v not in (None, False, [])
-    ]
+    base = training.get("init_from")
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATES / "lora.md"),
         repo_id=repo_id,
         model_name=repo_id.split("/")[-1],
-        base_model_name=base_model or _local_path_hidden(base) or "the model it was trained from",
-        adapter_table=_table(adapter_rows),
-        training_table=_table(training_rows),
+        base_model=base_model,  # a Hub repo, or None
+        base_model_name=base_model or _local_path_hidden(base) or "its base model",
+        target_modules=", ".join(f"`{m}`" for m in training.get("lora_target_modules") or []) or "its linear layers",
+        adapter_table=_table((k, training[k]) for k in adapter_keys if training.get(k) is not None),
+        training_table=_table(_training_rows(training, leave_out=adapter_keys)),
         files="\n".join(f"- `{f}`" for f in uploaded or []),
     )
 

@@ -7,8 +7,8 @@ attention and MLP projections trained (with their EMA), and the result saved as 
 
 import os
 import shutil
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from dataclasses import dataclass, field
+from typing import List, Optional
 
 import torch
 
@@ -17,7 +17,7 @@ from .config import option
 
 #: the layers adapted by default: self-attention (qkv, proj), cross-attention (q, kv, proj) and the MLPs (fc1, fc2);
 #: peft matches each name against the last part of a module's name
-DEFAULT_TARGETS = ("qkv", "q", "kv", "proj", "fc1", "fc2")
+DEFAULT_TARGETS = ["qkv", "q", "kv", "proj", "fc1", "fc2"]
 
 
 @dataclass
@@ -26,8 +26,9 @@ class AdapterConfig:
 
     lora_rank: Optional[int] = option(None, "train LoRA adapters of this rank, the base model frozen (none: all)")
     lora_alpha: Optional[float] = option(None, "LoRA scale numerator: updates scaled by alpha / rank (default rank)")
-    lora_target_modules: Tuple[str, ...] = option(
-        DEFAULT_TARGETS, "names of the linear layers to adapt", nargs="+", type=str
+    lora_target_modules: List[str] = field(
+        default_factory=lambda: list(DEFAULT_TARGETS),
+        metadata={"help": "names of the linear layers to adapt", "nargs": "+", "type": str},
     )
 
     @property

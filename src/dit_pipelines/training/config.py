@@ -113,7 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser, *configs: type) -> None:
                 kwargs["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
             else:
                 kwargs.setdefault("type", kind)
-            group.add_argument(f"--{f.name}", default=f.default, **kwargs)
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # (lists: a factory)
+            group.add_argument(f"--{f.name}", default=default, **kwargs)
 
 
 def from_arguments(config: type, arguments: argparse.Namespace):
