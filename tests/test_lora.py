@@ -107,7 +107,7 @@ def test_a_lora_training_run_changes_only_adapters_and_saves_them(bars, tmp_path
     expected.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=list(DEFAULT_TARGETS)))
     ema = load_file(str(tmp_path / "lora" / "checkpoint-3" / "ema.safetensors"))  # by parameter name
     adapters = {k: v for k, v in ema.items() if "lora_" in k}
-    assert adapters
+    assert adapters and adapters.keys() == ema.keys()  # the EMA of the adapters alone
     missing, unexpected = expected.transformer.load_state_dict(adapters, strict=False)
     assert not unexpected and all("lora_" not in k for k in missing)
     for p in (pipe, expected):
@@ -120,6 +120,17 @@ def test_a_lora_training_run_changes_only_adapters_and_saves_them(bars, tmp_path
     assert "LoRA adapter" in card.text and "load_lora_weights" in card.text and "`fc1`" in card.text
     assert "**.../base**" in card.text and 'from_pretrained("path/to/base-pipeline")' in card.text
     assert pipeline_files(out) == [LORA_WEIGHTS, "training_args.json"]
+
+
+def test_a_resumed_lora_run_ends_with_the_uninterrupted_runs_adapter(bars, tmp_path):  # noqa: F811
+    base = main(parse_args(tiny_args(bars, tmp_path / "base", "--max_train_steps", "2")))
+    options = ["--init_from", str(base), *"--lora_rank 4 --max_train_steps 5 --checkpointing_steps 2".split()]
+    main(parse_args(tiny_args(bars, tmp_path / "full", *options)))
+    (tmp_path / "resumed").mkdir()
+    (tmp_path / "full" / "checkpoint-2").rename(tmp_path / "resumed" / "checkpoint-2")
+    main(parse_args(tiny_args(bars, tmp_path / "resumed", *options, "--resume_from_checkpoint", "latest")))
+    full, resumed = (load_file(str(tmp_path / run / LORA_WEIGHTS)) for run in ("full", "resumed"))
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
 
 
 def test_lora_needs_a_pretrained_model(bars, tmp_path):  # noqa: F811

@@ -167,15 +167,23 @@ def train(
         num_warmup_steps=opt.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=max_steps * accelerator.num_processes,
     )
-    names = [name for name, _ in model.named_parameters()]  # the EMA's shadow weights, saved by name
+    adapters_only = has_lora_adapter(model)
+
+    def averaged(module):
+        """The (name, parameter) pairs the EMA averages, saved by name: every parameter, or the adapters alone in a
+        LoRA run (the EMA of its frozen base would be a copy of it)."""
+        return [(n, p) for n, p in module.named_parameters() if p.requires_grad or not adapters_only]
+
+    names = [name for name, _ in averaged(model)]
     if accelerator.distributed_type == DistributedType.FSDP:
         broadcast_from_main(model, accelerator.device)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     unwrapped = accelerator.unwrap_model(model)
     # the EMA of the prepared parameters: under FSDP each process keeps the EMA of its own shards (elementwise, so
     # the same numbers as the EMA of whole weights); gathered whole to be saved or sampled (`sharding`)
+    ema_parameters = [p for _, p in averaged(unwrapped)]
     ema = EMAModel(
-        unwrapped.parameters(),
+        ema_parameters,
         decay=opt.ema_decay,
         use_ema_warmup=opt.ema_warmup,
         foreach=False,  # DTensors have no sharding rule for _foreach_copy_ of frozen parameters
@@ -228,14 +236,14 @@ def train(
             return function(copy.to(accelerator.device).eval())
         if not accelerator.is_main_process:
             return None
-        ema.store(unwrapped.parameters())
-        ema.copy_to(unwrapped.parameters())
+        ema.store(ema_parameters)
+        ema.copy_to(ema_parameters)
         unwrapped.eval()
         try:
             return function(unwrapped)
         finally:
             unwrapped.train()
-            ema.restore(unwrapped.parameters())
+            ema.restore(ema_parameters)
 
     guard = NonFiniteGuard(opt.max_nonfinite_steps)
     guard.last_checkpoint = resume
@@ -268,7 +276,7 @@ def train(
             global_step += 1  # a skipped step still consumed its batches: the data order stays a function of the step
             progress.update(1)
             if finite and not optimizer.step_was_skipped:  # (fp16: the scaler may have skipped the update)
-                ema.step(unwrapped.parameters())
+                ema.step(ema_parameters)
                 logs = {"loss": loss.item(), "mse": losses.mse.mean().item(), "lr": lr_scheduler.get_last_lr()[0]}
                 if losses.vlb is not None:
                     logs["vlb"] = losses.vlb.mean().item()
@@ -310,7 +318,7 @@ def train(
         if sharded:
             with_ema_weights(save)
         elif accelerator.is_main_process:
-            ema.copy_to(unwrapped.parameters())
+            ema.copy_to(ema_parameters)
             save(unwrapped.eval())
     if accelerator.is_main_process and make_pipeline is not None:
         if config.hub.push_to_hub:  # (on the main process)
