@@ -211,3 +211,20 @@ def test_a_guided_batch_is_unconditional_then_conditional(tiny_dit):
     pipe([3, 7], guidance_scale=4.0)
     null = pipe.transformer.config.num_classes
     assert all(labels.tolist() == [null, null, 3, 7] for labels in seen) and len(seen) == 2
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "factorized"])
+def test_attention_hooks_find_spatial_temporal_and_cross_attention_by_the_models_names(tiny_video_dit, layout):
+    model = tiny_video_dit(attention_layout=layout)
+    model.enable_cache(
+        PyramidAttentionBroadcastConfig(temporal_attention_block_skip_range=2, current_timestep_callback=int)
+    )
+    hooked = {
+        name for name, m in model.named_modules() if getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks
+    }
+    model.disable_cache()
+    if layout == "factorized":
+        expected = {f"blocks.{i}.temporal_attn" for i in range(2)}
+    else:  # the time blocks' only attention
+        expected = {f"blocks.{i}.attn" for i in (1, 3)}
+    assert hooked == expected

@@ -142,6 +142,10 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
         """Whether the class table has the null class used by classifier-free guidance."""
         return self.class_embedder.has_null_class
 
+    def attention_identifiers(self) -> dict:
+        """Every block's attention is spatial (for PyramidAttentionBroadcast and FasterCache, `DiTCacheMixin`)."""
+        return {"spatial": [r"^blocks\.\d+\.attn$"], "temporal": [], "cross": []}
+
     def initialize_weights(self) -> None:
         """DiT initialisation (Peebles & Xie, §3.2): see `initialize_dit_weights`. The output is exactly zero."""
         mlp = self.timestep_embedder.mlp

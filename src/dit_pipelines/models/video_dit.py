@@ -217,6 +217,19 @@ class VideoDiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
         an image DiT's blocks map to, one for one."""
         return [block for block in self.blocks if block.mixing is not Mixing.TIME]
 
+    def attention_identifiers(self) -> dict:
+        """Which attention modules mix within frames or the whole clip (spatial), across frames (temporal: the
+        interleaved layout's time blocks, the factorized blocks' `temporal_attn`) or attend to the text (cross),
+        for PyramidAttentionBroadcast and FasterCache (`DiTCacheMixin`)."""
+        kinds = {"spatial": [], "temporal": [], "cross": []}
+        for i, block in enumerate(self.blocks):
+            kinds["temporal" if block.mixing is Mixing.TIME else "spatial"].append(rf"^blocks\.{i}\.attn$")
+            if block.temporal_attn is not None:
+                kinds["temporal"].append(rf"^blocks\.{i}\.temporal_attn$")
+            if block.cross_attn is not None:
+                kinds["cross"].append(rf"^blocks\.{i}\.cross_attn$")
+        return kinds
+
     def image_layers(self) -> List[nn.Module]:
         """The layers `from_image_dit` copies from an image DiT (patch embedding, timestep and class embedders, the
         spatial blocks' attention, MLP and modulation, the final layer): what `freeze_image_layers` freezes."""
