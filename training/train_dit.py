@@ -111,10 +111,10 @@ def sample_grid(pipe, num_classes: int, columns: int, config: TrainingConfig, ac
 def main(args) -> str:
     config = TrainingConfig.from_arguments(args)
     adapter = from_arguments(AdapterConfig, args)
-    adapter.check(args.init_from)
     objective, run = config.objective, config.run
     data_config, latent_config = from_arguments(ImageDataConfig, args), from_arguments(LatentConfig, args)
     accelerator = make_accelerator(config)
+    adapter.check(args.init_from, accelerator)  # before any work
     resolve_resume_path(run.output_dir, run.resume_from_checkpoint)  # fail before any work
 
     # Data and model.

@@ -172,10 +172,10 @@ def patch_size_of(args) -> int:
 def main(args) -> str:
     config = TrainingConfig.from_arguments(args)
     adapter = from_arguments(AdapterConfig, args)
-    adapter.check(args.init_from)
     objective, run = config.objective, config.run
     data_config, latent_config = from_arguments(VideoDataConfig, args), from_arguments(LatentConfig, args)
     accelerator = make_accelerator(config)
+    adapter.check(args.init_from, accelerator)  # before any work
     resolve_resume_path(run.output_dir, run.resume_from_checkpoint)
     device = accelerator.device
     data = load_captioned_videos(

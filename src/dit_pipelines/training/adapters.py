@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import torch
+from accelerate.utils import DistributedType
 
 from ..hub import LORA_WEIGHTS
 from .config import option
@@ -35,7 +36,7 @@ class AdapterConfig:
     def enabled(self) -> bool:
         return self.lora_rank is not None
 
-    def check(self, init_from: Optional[str]) -> None:
+    def check(self, init_from: Optional[str], accelerator=None) -> None:
         """The `ValueError`s of a LoRA request that cannot train."""
         if not self.enabled:
             return
@@ -43,6 +44,8 @@ class AdapterConfig:
             raise ValueError(f"--lora_rank must be a positive integer, got {self.lora_rank}.")
         if not init_from:
             raise ValueError("--lora_rank adapts a pretrained model: pass it with --init_from.")
+        if accelerator is not None and accelerator.distributed_type == DistributedType.FSDP:
+            raise ValueError("LoRA runs are not supported under FSDP: train the adapters with DDP (they are small).")
 
 
 def add_lora_adapter(model: torch.nn.Module, config: AdapterConfig) -> torch.nn.Module:
