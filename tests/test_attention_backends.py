@@ -27,6 +27,9 @@ def test_backends_reach_every_attention_and_match_the_default(tiny_dit, tiny_vid
         return real(*args, **kwargs)
 
     monkeypatch.setitem(_AttentionBackendRegistry._backends, name, counting)
+    # set_attention_backend also sets diffusers' process-wide active backend, which reset_attention_backend leaves:
+    # restored after the test, or every later test in this process would run the math kernel
+    monkeypatch.setattr(_AttentionBackendRegistry, "_active_backend", _AttentionBackendRegistry._active_backend)
     for model, args, kwargs in models(tiny_dit, tiny_video_dit):
         attentions = [m for m in model.modules() if isinstance(m, AttentionModuleMixin)]
         with torch.no_grad():
