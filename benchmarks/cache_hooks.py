@@ -42,14 +42,6 @@ def parse_args(argv=None):
     p.add_argument("--samples_per_class", type=int, default=100)
     p.add_argument("--num_inference_steps", type=int, default=25)
     p.add_argument("--guidance_scale", type=float, default=4.0)
-    p.add_argument(
-        "--guidance_interval",
-        type=int,
-        nargs=2,
-        default=None,
-        metavar=("LOW", "HIGH"),
-        help="guide only at LOW <= t <= HIGH (the batch halves outside: caches must cope)",
-    )
     p.add_argument("--batch_size", type=int, default=250)
     p.add_argument("--repeats", type=int, default=1, help="timed runs per setting (the quality is from the first)")
     p.add_argument("--threads", type=int, default=2)
@@ -81,7 +73,7 @@ def mag_ratios(pipe, args) -> list:
         pipe(
             list(range(10)),
             guidance_scale=args.guidance_scale,
-            guidance_interval=args.guidance_interval,
+            guidance_interval=None,
             generator=torch.manual_seed(0),
             output_type="pt",
         )
@@ -148,10 +140,7 @@ def settings(pipe, args) -> dict:
         "FasterCache, skip 2": (None, faster(2)),
         "FasterCache, skip 3": (None, faster(3)),
     }
-    # MagCache counts steps per cache context ("cond" / "cond_uncond"): with a guidance interval neither context sees
-    # every step, so its calibration never completes and its ratios would be misaligned: left out there
-    wanted = args.only is None or any(name.startswith("MagCache") for name in args.only)
-    if wanted and args.guidance_interval is None:
+    if args.only is None or any(name.startswith("MagCache") for name in args.only):
         ratios = mag_ratios(pipe, args)
         for threshold in (0.1, 0.3):
             config = MagCacheConfig(
