@@ -70,6 +70,21 @@ def _run_sources(training: dict, datasets, base_model):
     return list(datasets) or None, base_model
 
 
+def _card_data(training: dict, license, datasets, base_model, tags, pipeline_tag=None):
+    """The Hub metadata of a card (`ModelCardData`): the run's datasets and base model (`_run_sources`), our tags."""
+    from huggingface_hub import ModelCardData
+
+    datasets, base_model = _run_sources(training, datasets, base_model)
+    return ModelCardData(
+        library_name="diffusers",
+        pipeline_tag=pipeline_tag,
+        license=license,
+        datasets=datasets,
+        base_model=base_model,
+        tags=["dit_pipelines", "diffusion-transformer", "dit", *tags],
+    )
+
+
 def _training_rows(training: dict, leave_out=()) -> list:
     """The training arguments a card reports (not where the run went, nor unset options), local paths shortened."""
     return [
@@ -109,7 +124,7 @@ def model_card(
     """The model card of the saved pipeline in `folder`, to be published as `repo_id`. `datasets` defaults to the
     training run's `--dataset` and `base_model` to the model it started from (`--init_from`,
     `--init_from_image_dit`), each if it is a Hub repo. `uploaded` (the files pushed with it) is listed."""
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCard
 
     root = Path(folder)
     index = _read_json(root / "model_index.json")
@@ -123,15 +138,7 @@ def model_card(
     transformer = _read_json(root / "transformer" / "config.json") or {}
     scheduler = _read_json(root / "scheduler" / "scheduler_config.json") or {}
     training = _read_json(root / "training_args.json") or {}
-    datasets, base_model = _run_sources(training, datasets, base_model)
-    card_data = ModelCardData(
-        library_name="diffusers",
-        pipeline_tag=pipeline_tag,
-        license=license,
-        datasets=datasets,
-        base_model=base_model,
-        tags=["dit_pipelines", "diffusion-transformer", "dit", *tags, *extra_tags],
-    )
+    card_data = _card_data(training, license, datasets, base_model, [*tags, *extra_tags], pipeline_tag)
     records = EvaluationRecord.load_all(folder)
     samples = [r.sample for r in records if r.sample] + [s for s in SAMPLES if (root / s).is_file()]
     sample = next((s.replace(os.sep, "/") for s in samples if (root / s).is_file()), None)
@@ -169,17 +176,11 @@ def model_card(
 def adapter_card(folder, repo_id, license, datasets, base_model, extra_tags, uploaded):
     """The card of a LoRA run's folder (`pytorch_lora_weights.safetensors`, no pipeline): it says the repo holds only
     an adapter, names the base model (`--init_from`; Hub metadata when that is a Hub repo) and the adapted layers."""
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCard
 
     training = _read_json(Path(folder) / "training_args.json") or {}
-    datasets, base_model = _run_sources(training, datasets, base_model)
-    card_data = ModelCardData(
-        library_name="diffusers",
-        license=license,
-        datasets=datasets,
-        base_model=base_model,
-        tags=["dit_pipelines", "diffusion-transformer", "dit", "lora", *extra_tags],
-    )
+    card_data = _card_data(training, license, datasets, base_model, ["lora", *extra_tags])
+    base_model = card_data.base_model
     adapter_keys = ("lora_rank", "lora_alpha", "lora_target_modules")
     base = training.get("init_from")
     return ModelCard.from_template(
