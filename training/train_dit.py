@@ -1,6 +1,6 @@
 """Train a class-conditional DiT with Accelerate on your own labelled images: the recipe of Peebles & Xie (2023)
 (hybrid loss with learned sigma, EMA, optionally VAE latents) plus resume, mixed precision, accumulation,
-validation grids and a saved diffusers pipeline at the end.
+validation grids (and FID: `--validation_fid_reference`) and a saved diffusers pipeline at the end.
 
     accelerate launch training/train_dit.py --dataset path/to/images --preset DiT-S/4 --output_dir outputs/dit
     python -c "import dit_pipelines, diffusers; diffusers.DiffusionPipeline.from_pretrained('outputs/dit')"
@@ -37,6 +37,7 @@ from dit_pipelines.training import (
     sampling_scheduler_for,
     train,
 )
+from dit_pipelines.training.validation_fid import ValidationFID, ValidationFIDConfig
 
 
 def parse_args(argv=None):
@@ -57,6 +58,7 @@ def parse_args(argv=None):
     add_arguments(p, AdapterConfig)
     add_training_arguments(p)
     p.add_argument("--validation_images_per_class", type=int, default=2, help="columns of the validation grids")
+    add_arguments(p, ValidationFIDConfig)
     args = p.parse_args(argv)
     if args.dataset is None:
         p.error("--dataset is required: an image folder, a save_to_disk folder or a datasets name")
@@ -115,6 +117,11 @@ def main(args) -> str:
     data_config, latent_config = from_arguments(ImageDataConfig, args), from_arguments(LatentConfig, args)
     accelerator = make_accelerator(config)
     adapter.check(args.init_from, accelerator)  # before any work
+    fid_config = from_arguments(ValidationFIDConfig, args)
+    fid_config.check(run.validation_steps)
+    measure_fid = ValidationFID(
+        fid_config, accelerator.device, guidance_scale=run.guidance_scale, num_inference_steps=run.num_inference_steps
+    )
     resolve_resume_path(run.output_dir, run.resume_from_checkpoint)  # fail before any work
 
     # Data and model.
@@ -148,6 +155,10 @@ def main(args) -> str:
 
     def validate(model, step):
         sample_grid(pipeline(model), len(names), args.validation_images_per_class, config, accelerator, step)
+        if fid_config.enabled:
+            fid = measure_fid(pipeline(model), config.optimization.seed)
+            accelerator.log({"validation_fid": fid}, step=step)
+            print(f"step {step}: validation FID {fid:.2f} ({fid_config.validation_fid_samples} samples)")
 
     hyperparameters = vars(args)
     train(accelerator, config, model, data.dataset, loss_fn, validate, pipeline, "train_dit", hyperparameters)

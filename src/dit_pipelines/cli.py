@@ -2,11 +2,16 @@
 
     dit-pipelines sample outputs/dit --labels 3 7 --output samples.png
     dit-pipelines sample my-user/t2v --prompt "a red ball bounces" --output clip.gif
+    dit-pipelines sample-batch outputs/dit --num_samples 50000 --output samples.npz   # for FID (ADM's .npz)
+    accelerate launch --num_processes 8 -m dit_pipelines.cli sample-batch outputs/dit --num_samples 50000 \\
+        --output samples.npz
     dit-pipelines convert DiT-XL-2-256x256.pt --output dit-xl-2 --vae stabilityai/sd-vae-ft-ema
+    dit-pipelines convert facebook/DiT-XL-2-256 --output dit-xl-2   # a diffusers DiTPipeline, with VAE and labels
     dit-pipelines push outputs/dit my-user/my-dit
+    dit-pipelines evaluate samples.npz VIRTUAL_imagenet256_labeled.npz --json results.json   # ADM's five metrics
 
-Errors in what is asked (a missing file, a label the pipeline does not know, a wrong output extension) end with a
-one-line message and exit status 2.
+Errors in what is asked (a missing file, a label the pipeline does not know, a wrong output extension, latents with
+no VAE to decode them into a picture) end with a one-line message and exit status 2.
 """
 
 import argparse
@@ -43,16 +48,46 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--output", required=True, help="image: .png/.jpg (a grid); video: .gif or .mp4")
 
+    batch = commands.add_parser(
+        "sample-batch",
+        help="N samples as an ADM-format .npz for FID (resumable, any number of processes)",
+        description="Sample N images (image pipelines: class-balanced labels) or N clips (video pipelines: every "
+        "frame one image) into an .npz in the layout of ADM's evaluator. Runs unchanged under accelerate launch; "
+        "a killed run resumes from its shards (see dit_pipelines.sample_batch).",
+    )
+    batch.add_argument("pipeline", help="a saved pipeline folder or a Hub repo id")
+    batch.add_argument("--num_samples", type=int, required=True, help="images, or clips for a video pipeline")
+    batch.add_argument("--output", required=True, help="the .npz batch (arr_0 images, arr_1 labels)")
+    batch.add_argument("--batch_size", type=int, default=64, help="samples per pipeline call and per shard")
+    batch.add_argument("--guidance_scale", type=float, default=1.5, help="default: the FID protocol's 1.5")
+    batch.add_argument("--num_inference_steps", type=int, default=None, help="default: the scheduler's respacing")
+    batch.add_argument(
+        "--cache_interval", type=int, default=None, help="feature caching: the blocks run every k steps (FORA)"
+    )
+    batch.add_argument("--seed", type=int, default=0, help="with the sample index, seeds each sample's noise")
+    batch.add_argument("--labels", nargs="+", default=None, help="image pipelines: classes to balance (default all)")
+    batch.add_argument("--prompts", default=None, help="video pipelines: a file of prompts, one per line, cycled")
+    batch.add_argument("--num_frames", type=int, default=None, help="video: default the model's sample_frames")
+
     convert = commands.add_parser(
         "convert",
-        help="an original DiT .pt or a diffusers DiT folder -> a pipeline",
-        description="Convert a checkpoint in the original DiT layout (.pt) or a diffusers DiTTransformer2DModel "
-        "folder into a DiTImagePipeline folder.",
+        help="an original DiT .pt or a diffusers DiT folder / DiTPipeline repo -> a pipeline",
+        description="Convert a checkpoint in the original DiT layout (.pt), a diffusers DiTPipeline (a folder or "
+        "Hub repo id such as facebook/DiT-XL-2-256: its VAE and class names come along) or a diffusers "
+        "DiTTransformer2DModel folder into a DiTImagePipeline folder, with the DiT paper's sampler (DDPM on "
+        "--sampling_respacing steps, learned variance if the model has it).",
     )
-    convert.add_argument("checkpoint", help="an original DiT .pt file, or a folder with a DiTTransformer2DModel")
+    convert.add_argument(
+        "checkpoint",
+        help="an original DiT .pt file, a diffusers DiTPipeline folder or repo id, or a DiTTransformer2DModel folder",
+    )
     convert.add_argument("--output", required=True, help="where the DiTImagePipeline is saved")
-    convert.add_argument("--vae", default=None, help="an AutoencoderKL folder or repo id (latent models)")
-    convert.add_argument("--id2label", default=None, help="a JSON file mapping class indices to names")
+    convert.add_argument(
+        "--vae", default=None, help="an AutoencoderKL folder or repo id (latent models; default: a DiTPipeline's own)"
+    )
+    convert.add_argument(
+        "--id2label", default=None, help="a JSON file mapping class indices to names (default: a DiTPipeline's own)"
+    )
     convert.add_argument("--sampling_respacing", default="250", help="the DDPM scheduler's timestep_respacing")
     convert.add_argument(
         "--learn_sigma",
@@ -79,6 +114,21 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     push.add_argument("--token", default=None, help="default: HF_TOKEN or the saved login")
     push.add_argument("--license", default="apache-2.0")
     push.add_argument("--commit_message", default="Upload pipeline")
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="FID, sFID, Inception Score, precision and recall of a sample batch against a reference batch",
+        description="ADM's evaluator in PyTorch (dit_pipelines.evaluation): both batches are .npz files with "
+        "arr_0 uint8 (N, H, W, 3); a reference's stored mu/sigma/mu_s/sigma_s are used when present.",
+    )
+    evaluate.add_argument("samples", help="the sample batch (.npz), e.g. from sample-batch")
+    evaluate.add_argument("reference", help="the reference batch (.npz), e.g. ADM's VIRTUAL_imagenet256_labeled.npz")
+    evaluate.add_argument("--json", default=None, help="also write the results to this JSON file")
+    evaluate.add_argument("--pipeline", default=None, help="save an evaluation record in this pipeline folder")
+    evaluate.add_argument("--batch_size", type=int, default=64, help="images per Inception forward")
+    evaluate.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    evaluate.add_argument("--inception", default=None, help="the TorchScript network (default: the PyPI wheel)")
+    evaluate.add_argument("--inception_logits", default=None, help="a state dict with fc.weight (for the IS)")
     return parser.parse_args(argv)
 
 
@@ -130,35 +180,60 @@ def sample(args) -> str:
     return args.output
 
 
+def sample_batch(args) -> str:
+    from .sample_batch import BatchSettings, read_prompts, write_sample_batch
+
+    settings = BatchSettings(
+        args.pipeline,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        guidance_scale=args.guidance_scale,
+        num_inference_steps=args.num_inference_steps,
+        cache_interval=args.cache_interval,
+        labels=None if args.labels is None else tuple(args.labels),
+        prompts=None if args.prompts is None else read_prompts(args.prompts),
+        num_frames=args.num_frames,
+    )
+    return write_sample_batch(settings, args.output)
+
+
 def convert(args) -> str:
     import json
 
     from .conversion import dit_from_diffusers, load_original_dit
     from .pipelines import DiTImagePipeline
+    from .pipelines.from_diffusers import diffusers_dit_components, diffusers_dit_model_index, dit_sampler
     from .pipelines.saved_layout import transformer_folder
-    from .schedulers import DiTDDPMScheduler
 
-    overrides = {k: v for k, v in (("learn_sigma", args.learn_sigma), ("num_heads", args.num_heads)) if v is not None}
-    if os.path.isdir(args.checkpoint):
-        from diffusers import DiTTransformer2DModel
-
-        model = dit_from_diffusers(DiTTransformer2DModel.from_pretrained(transformer_folder(args.checkpoint)))
-    elif os.path.isfile(args.checkpoint):
-        model = load_original_dit(args.checkpoint, **overrides)
-    else:
-        raise ValueError(f"{args.checkpoint} is neither a checkpoint file nor a folder.")
-    vae = None
+    given = {}  # what the options set, over what the checkpoint holds
     if args.vae:
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(args.vae)
-    id2label = None
+        given["vae"] = AutoencoderKL.from_pretrained(args.vae)
     if args.id2label:
         with open(args.id2label) as f:
-            id2label = json.load(f)
-    variance = "learned_range" if model.config.learn_sigma else "fixed_small"
-    scheduler = DiTDDPMScheduler(timestep_respacing=args.sampling_respacing, variance_type=variance)
-    DiTImagePipeline(model, scheduler, vae=vae, id2label=id2label).save_pretrained(args.output)
+            given["id2label"] = json.load(f)
+    overrides = {k: v for k, v in (("learn_sigma", args.learn_sigma), ("num_heads", args.num_heads)) if v is not None}
+    is_file = os.path.isfile(args.checkpoint) or args.checkpoint.endswith((".pt", ".pth"))  # no Hub look-up
+    model_index = None if is_file else diffusers_dit_model_index(args.checkpoint)
+    if model_index is not None:  # a diffusers DiTPipeline, folder or repo id: VAE and class names come with it
+        parts = diffusers_dit_components(args.checkpoint, model_index, args.sampling_respacing, **given)
+    else:
+        if os.path.isfile(args.checkpoint):
+            model = load_original_dit(args.checkpoint, **overrides)
+        elif os.path.isdir(args.checkpoint):
+            from diffusers import DiTTransformer2DModel
+
+            model = dit_from_diffusers(DiTTransformer2DModel.from_pretrained(transformer_folder(args.checkpoint)))
+        else:
+            raise ValueError(
+                f"{args.checkpoint} is neither a checkpoint file nor a folder (nor a Hub repo of a diffusers "
+                "DiTPipeline)."
+            )
+        parts = dict(transformer=model, scheduler=dit_sampler(model.config.learn_sigma, args.sampling_respacing))
+        parts.update(given)
+    DiTImagePipeline(**parts).save_pretrained(args.output)
     return args.output
 
 
@@ -173,6 +248,27 @@ def push(args) -> str:
         commit_message=args.commit_message,
         license=args.license,
     )
+
+
+def evaluate(args) -> str:
+    import json
+
+    import torch
+
+    from .evaluation.evaluator import evaluate_batches, evaluation_record, format_results
+    from .evaluation.inception import InceptionV3Features
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    inception = InceptionV3Features.from_pretrained(args.inception, args.inception_logits, device=device)
+    results = evaluate_batches(args.samples, args.reference, inception, batch_size=args.batch_size)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    if args.pipeline:  # the model card renders it
+        evaluation_record(results, {"samples": results["samples"], "reference": results["reference"]}).save(
+            args.pipeline
+        )
+    return format_results(results)
 
 
 def user_errors() -> tuple:
@@ -193,7 +289,14 @@ def user_errors() -> tuple:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        result = {"sample": sample, "convert": convert, "push": push}[args.command](args)
+        commands = {
+            "sample": sample,
+            "sample-batch": sample_batch,
+            "convert": convert,
+            "push": push,
+            "evaluate": evaluate,
+        }
+        result = commands[args.command](args)
     except user_errors() as error:
         print(f"dit-pipelines {args.command}: error: {error}", file=sys.stderr)
         return 2
