@@ -332,7 +332,7 @@ def test_the_console_script_is_installed():
     script = shutil.which("dit-pipelines", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     assert script is not None, "pip install -e . installs the dit-pipelines command"
     done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "{sample,convert,push}" in done.stdout
+    assert done.returncode == 0 and "{sample,sample-batch,convert,push,evaluate}" in done.stdout
 
 
 def test_a_push_uploads_only_what_the_pipeline_needs(hub, tmp_path):

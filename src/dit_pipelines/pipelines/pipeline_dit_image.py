@@ -12,10 +12,12 @@ from diffusers.image_processor import VaeImageProcessor
 from ..latents import unscale_latents, vae_scale_factor
 from ..models import DiTModel
 from .denoising import GuidedDenoising
+from .from_diffusers import HUB_ARGUMENTS, diffusers_dit_components, diffusers_dit_model_index
 from .lora import DiTLoraLoaderMixin
 
 ClassLabels = Union[int, str, List[Union[int, str]], torch.Tensor]
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+IMAGE_OUTPUT_TYPES = ("pil", "np")  # pictures: 1 (grey) or 3 (RGB) channels, decoded by the VAE if there is one
 
 
 def _flat_labels(labels) -> List[Union[int, str]]:
@@ -47,9 +49,13 @@ class DiTImagePipeline(GuidedDenoising, DiffusionPipeline, DiTLoraLoaderMixin):
         scheduler: [`DiTDDPMScheduler`] / [`DiTDDIMScheduler`] (learned variances, respacing) or any diffusers
             scheduler (for example `DPMSolverMultistepScheduler`), which is given the prediction channels only
             unless its `variance_type` is a learned one.
-        vae ([`AutoencoderKL`], *optional*): decodes latents to images; without it the DiT works in pixel space.
+        vae ([`AutoencoderKL`], *optional*): decodes latents to images; without it the DiT works in pixel space
+            (1 or 3 channels; other models without a VAE give only `output_type="latent"` or `"pt"`).
         id2label (`dict`, *optional*): class index -> name; several names may be separated by commas
             ("tench, Tinca tinca"). Saved in `model_index.json`.
+
+    `DiTImagePipeline.from_pretrained` also loads a diffusers `DiTPipeline` ("facebook/DiT-XL-2-256"), converted
+    with its VAE, class names and the paper's sampler (see `from_pretrained`).
 
     Example:
         >>> import torch
@@ -84,6 +90,23 @@ class DiTImagePipeline(GuidedDenoising, DiffusionPipeline, DiTLoraLoaderMixin):
                 self.labels.setdefault(name.strip().lower(), []).append(k)
         self.vae_scale_factor = vae_scale_factor(vae)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "DiTImagePipeline":
+        """A saved `DiTImagePipeline` (folder or Hub repo id), as `DiffusionPipeline.from_pretrained` loads it, or a
+        diffusers `DiTPipeline` such as `facebook/DiT-XL-2-256`, converted (see `pipelines.from_diffusers`): its
+        transformer as a `DiTModel`, its VAE and `id2label`, and the paper's sampler (250 respaced DDPM steps with
+        the learned variance) on its scheduler's betas. For the original DiT's FID protocol, sample with
+        `guidance_channels=3` (it guides 3 of the 4 latent channels).
+
+        >>> pipe = DiTImagePipeline.from_pretrained("facebook/DiT-XL-2-256")  # doctest: +SKIP
+        >>> image = pipe("white shark", guidance_channels=3).images[0]  # doctest: +SKIP
+        """
+        hub = {k: kwargs[k] for k in HUB_ARGUMENTS if k in kwargs}
+        model_index = diffusers_dit_model_index(pretrained_model_name_or_path, **hub)
+        if model_index is None:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return cls(**diffusers_dit_components(pretrained_model_name_or_path, model_index, **kwargs))
 
     def get_label_ids(self, label: Union[str, List[str]]) -> List[int]:
         """Class indices of one class name or a list of them (names from `id2label`, case-insensitive)."""
@@ -146,6 +169,12 @@ class DiTImagePipeline(GuidedDenoising, DiffusionPipeline, DiTLoraLoaderMixin):
             raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"Unknown output_type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}.")
+        if self.vae is None and output_type in IMAGE_OUTPUT_TYPES and channels not in (1, 3):
+            raise ValueError(
+                f"The transformer makes {channels}-channel latents and the pipeline has no VAE to decode them, so "
+                f'there is no image to return as output_type="{output_type}": set `pipe.vae` (an AutoencoderKL; '
+                'dit-pipelines convert --vae), or ask for output_type="latent" or "pt".'
+            )
         if isinstance(generator, list) and len(generator) != num_images:
             raise ValueError(f"Got {len(generator)} generators for {num_images} images; pass one, or one per image.")
         unknown = set(callback_tensor_inputs) - set(self._callback_tensor_inputs)
