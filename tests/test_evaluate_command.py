@@ -8,7 +8,7 @@ import torch
 
 from dit_pipelines import DiTDDPMScheduler, DiTImagePipeline
 from dit_pipelines.cli import main
-from dit_pipelines.evaluation import FeatureStatistics, InceptionV3Features, save_batch
+from dit_pipelines.evaluation import FeatureStatistics, InceptionOutput, InceptionV3Features, save_batch
 from dit_pipelines.evaluation.evaluator import batch_features
 from dit_pipelines.hub import model_card
 
@@ -88,3 +88,37 @@ def test_a_batch_of_the_wrong_layout_is_refused_naming_the_file(tmp_path, array,
     import re
 
     assert re.search(message, error), error
+
+
+class CountingExtractor:
+    """Stands in for the network: features are pixel statistics; counts the images it sees."""
+
+    has_logits = False
+
+    def __init__(self):
+        self.seen = 0
+
+    def extract(self, batches):
+        batches = list(batches)
+        self.seen += sum(len(b) for b in batches)
+        x = torch.cat(batches).float()
+        pool = x.flatten(1)[:, :6]
+        return InceptionOutput(pool, x.mean((1, 2)), None)
+
+
+def test_cached_features_resume_where_a_killed_evaluation_stopped(tmp_path, monkeypatch):
+    import dit_pipelines.evaluation.evaluator as evaluator
+
+    monkeypatch.setattr(evaluator, "CACHE_CHUNK", 2)
+    path, cache = tmp_path / "samples.npz", tmp_path / "cache"
+    save_batch(str(path), blobs(5, seed=0, size=16))
+    first = CountingExtractor()
+    full = batch_features(str(path), first, batch_size=2, cache_dir=str(cache))
+    assert first.seen == 5 and len(list(cache.glob("chunk-*.pt"))) == 3
+    (cache / "chunk-00001.pt").unlink()  # as if killed before the second chunk was saved
+    again = CountingExtractor()
+    resumed = batch_features(str(path), again, batch_size=2, cache_dir=str(cache))
+    assert again.seen == 2 and torch.equal(resumed.pool, full.pool) and torch.equal(resumed.spatial, full.spatial)
+    save_batch(str(path), blobs(5, seed=1, size=16))  # another file at the same path: the cache is not reused
+    other = CountingExtractor()
+    assert not torch.equal(batch_features(str(path), other, cache_dir=str(cache)).pool, full.pool) and other.seen == 5

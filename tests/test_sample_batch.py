@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from dit_pipelines import DiTDDPMScheduler, DiTImagePipeline, DiTModel, DiTTextToVideoPipeline, VideoDiTModel
+from dit_pipelines import DiTDDPMScheduler, DiTImagePipeline, DiTModel
 from dit_pipelines import sample_batch as sample_batch_module
 from dit_pipelines.cli import main as cli
 from dit_pipelines.evaluation.batches import batch_info
 from dit_pipelines.sample_batch import sample_generators, shard_folder
-from examples.mnist.text_encoder import small_t5_encoder, train_t5_tokenizer
 
 from .conftest import randomize_
 from .launching import finish, launch
+from .test_hub import tiny_video_pipeline
 
 
 @pytest.fixture(autouse=True)
@@ -43,24 +43,9 @@ def image_pipeline(folder, in_channels: int = 3, respacing: str = "2", id2label=
 
 
 def video_pipeline(folder) -> str:
-    """A tiny grayscale DiTTextToVideoPipeline (2 frames of 8x8 by default), saved to `folder`."""
-    tokenizer = train_t5_tokenizer(["the digit 3 moves up", "the digit 7 moves down"], model_max_length=12)
+    """A tiny grayscale DiTTextToVideoPipeline (2 frames of 8x8), saved to `folder`."""
     torch.manual_seed(0)
-    transformer = VideoDiTModel(
-        sample_size=8,
-        sample_frames=2,
-        patch_size=4,
-        in_channels=1,
-        hidden_size=16,
-        depth=1,
-        num_heads=2,
-        text_embed_dim=8,
-    )
-    encoder = small_t5_encoder(len(tokenizer), d_model=8, num_layers=1, num_heads=2)
-    scheduler = DiTDDPMScheduler(timestep_respacing="2")
-    DiTTextToVideoPipeline(tokenizer, encoder, randomize_(transformer.eval(), std=0.1), scheduler).save_pretrained(
-        folder
-    )
+    tiny_video_pipeline(timestep_respacing="2").save_pretrained(folder)
     return str(folder)
 
 
