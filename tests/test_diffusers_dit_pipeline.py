@@ -316,3 +316,20 @@ def test_a_diffusers_dit_pipeline_on_the_hub_loads_by_repo_id(diffusers_folder, 
     np.testing.assert_array_equal(np.load(tmp_path / "hub.npy"), expected.images.numpy())
     converted = DiffusionPipeline.from_pretrained(tmp_path / "hub")
     assert isinstance(converted.vae, AutoencoderKL) and converted.id2label == local.id2label
+
+
+def test_sample_batch_takes_a_diffusers_dit_pipeline_folder_directly(diffusers_folder, tmp_path):
+    """`dit-pipelines sample-batch` loads a diffusers DiTPipeline converted (diffusers' own class would be refused):
+    its samples are those of the one-line load, decoded by its VAE."""
+    from dit_pipelines.sample_batch import sample_generators
+
+    output = tmp_path / "samples.npz"
+    args = ["sample-batch", str(diffusers_folder), "--num_samples", "2", "--num_inference_steps", "2"]
+    assert cli(args + ["--output", str(output), "--labels", "3", "7"]) == 0
+    with np.load(output) as batch:
+        images, labels = batch["arr_0"], batch["arr_1"]
+    assert images.dtype == np.uint8 and images.shape[0] == 2 and images.shape[-1] == 3 and labels.tolist() == [3, 7]
+    pipe = quiet(DiTImagePipeline.from_pretrained(str(diffusers_folder)))
+    expected = pipe([3, 7], guidance_scale=1.5, num_inference_steps=2, generator=sample_generators(0, range(2)))
+    expected = np.stack([np.asarray(image) for image in expected.images])
+    assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1

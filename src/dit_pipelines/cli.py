@@ -134,12 +134,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def sample(args) -> str:
     import torch
-    from diffusers import DiffusionPipeline
 
     from . import DiTImagePipeline, DiTTextToVideoPipeline
+    from .pipelines.from_diffusers import load_pipeline
 
     suffix = os.path.splitext(args.output)[1].lower()
-    pipe = DiffusionPipeline.from_pretrained(args.pipeline)
+    pipe = load_pipeline(args.pipeline)  # a diffusers DiTPipeline comes converted
     generator = torch.Generator().manual_seed(args.seed)
     if isinstance(pipe, DiTImagePipeline):
         if suffix not in IMAGE_SUFFIXES or args.labels is None:

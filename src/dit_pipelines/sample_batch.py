@@ -160,11 +160,10 @@ def _differences(stored: dict, wanted: dict) -> str:
 def load_sampler(settings: BatchSettings):
     """The pipeline of `settings` and a function `sample(indices) -> (images (n, H, W, 3) uint8, labels (n,))`;
     a `ValueError` for a pipeline of another kind or options meant for the other kind."""
-    from diffusers import DiffusionPipeline
-
     from . import DiTImagePipeline, DiTTextToVideoPipeline
+    from .pipelines.from_diffusers import load_pipeline
 
-    pipe = DiffusionPipeline.from_pretrained(settings.pipeline)
+    pipe = load_pipeline(settings.pipeline)  # a diffusers DiTPipeline comes converted
     common = dict(
         guidance_scale=settings.guidance_scale,
         num_inference_steps=settings.num_inference_steps,

@@ -104,3 +104,16 @@ def diffusers_dit_components(
         parts["vae"] = AutoencoderKL.from_pretrained(path, subfolder="vae", **weights) if has_vae else None
     parts.setdefault("id2label", model_index.get("id2label"))
     return parts
+
+
+def load_pipeline(path: str, **kwargs):
+    """`DiffusionPipeline.from_pretrained(path)`, except that a diffusers `DiTPipeline` comes converted, as a
+    `DiTImagePipeline` with the paper's sampler: what `dit-pipelines sample` and `sample-batch` load."""
+    from diffusers import DiffusionPipeline
+
+    from .pipeline_dit_image import DiTImagePipeline
+
+    hub = {k: kwargs[k] for k in HUB_ARGUMENTS if k in kwargs}
+    if diffusers_dit_model_index(path, **hub) is not None:
+        return DiTImagePipeline.from_pretrained(path, **kwargs)
+    return DiffusionPipeline.from_pretrained(path, **kwargs)
