@@ -59,7 +59,8 @@ def test_evaluate_prints_adm_table_writes_json_and_a_card_record(tmp_path, logit
     stored = {"mu": ours.pool.double().mean(0).numpy(), "sigma": np.cov(ours.pool.double().numpy().T)}
     stored.update(mu_s=ours.spatial.double().mean(0).numpy(), sigma_s=np.cov(ours.spatial.double().numpy().T))
     save_batch(str(tmp_path / "with_stats.npz"), blobs(10, seed=1), statistics=stored)
-    assert main(["evaluate", str(samples), str(tmp_path / "with_stats.npz"), "--json", str(tmp_path / "s.json")]) == 0
+    with_stats_args = [str(samples), str(tmp_path / "with_stats.npz"), "--inception_logits", logits_file]
+    assert main(["evaluate", *with_stats_args, "--json", str(tmp_path / "s.json")]) == 0
     with_stats = json.loads((tmp_path / "s.json").read_text())
     assert with_stats["reference_statistics"] == "stored"
     assert abs(with_stats["fid"]) < 1e-3 and abs(with_stats["sfid"]) < 1e-3

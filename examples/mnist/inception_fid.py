@@ -40,26 +40,32 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work_dir", default=None, help="batches and feature caches (default: <cache>/inception_fid)")
     p.add_argument("--output_json", default=None)
+    p.add_argument("--reference_count", type=int, default=10000, help="digits of each split (10,000: all)")
     p.add_argument("--references_only", action="store_true", help="only the digits' features (no pipeline needed)")
     return p.parse_args(argv)
 
 
-def reference_batch(split: str, folder: str) -> str:
-    """The MNIST `split` as an ADM batch of RGB digits (the grey channel repeated), written once."""
-    path = os.path.join(folder, f"mnist-{split}.npz")
+def reference_batch(split: str, folder: str, count: int = 10000) -> str:
+    """The first `count` digits of the MNIST `split` as an ADM batch of RGB digits (the grey channel repeated),
+    written once."""
+    path = os.path.join(folder, f"mnist-{split}-{count}.npz")
     if not os.path.exists(path):
         images, labels = mnist_tensors(split)
+        images, labels = images[:count], labels[:count]
         digits = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).repeat(1, 1, 1, 3).numpy()
         save_batch(path, digits, labels=labels.numpy())
     return path
 
 
-def domain_measures(samples_path: str, classifier) -> tuple:
-    """Class accuracy and the classifier-feature Fréchet distance of a sample batch against the test digits."""
-    with np.load(samples_path) as batch:
-        images = torch.from_numpy(batch["arr_0"][..., :1].copy()).permute(0, 3, 1, 2).float().div(255)
-        labels = torch.from_numpy(batch["arr_1"])
-    test_images, _ = mnist_tensors("test")
+def domain_measures(samples_path: str, reference_path: str, classifier) -> tuple:
+    """Class accuracy and the classifier-feature Fréchet distance of a batch against a reference batch."""
+
+    def read(path):
+        with np.load(path) as batch:
+            images = torch.from_numpy(batch["arr_0"][..., :1].copy()).permute(0, 3, 1, 2).float().div(255)
+            return images, torch.from_numpy(batch["arr_1"])
+
+    (images, labels), (test_images, _) = read(samples_path), read(reference_path)
     distance = frechet_distance(features(classifier, images), features(classifier, test_images))
     return accuracy(classifier, images, labels), distance
 
@@ -67,52 +73,60 @@ def domain_measures(samples_path: str, classifier) -> tuple:
 def main(args) -> dict:
     work = args.work_dir or str(cache_dir() / "inception_fid")
     os.makedirs(work, exist_ok=True)
-    started = time.perf_counter()
-    test, validation = reference_batch("test", work), reference_batch("validation", work)
+    test, validation = (reference_batch(split, work, args.reference_count) for split in ("test", "validation"))
     inception = InceptionV3Features.from_pretrained(download_logits=False)
+    results = {"minutes": {}}
+
+    def stage(name, run):
+        """Run one stage, time it, and keep what is known so far in `results.json` (the work of each stage is
+        cached: a rerun after a kill redoes only what was not finished)."""
+        started = time.perf_counter()
+        value = run()
+        results["minutes"][name] = (time.perf_counter() - started) / 60
+        with open(os.path.join(work, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        return value
 
     def inception_features(name, path):
-        return batch_features(path, inception, args.inception_batch_size, True, os.path.join(work, f"features-{name}"))
+        cache = os.path.join(work, f"features-{name}")
+        return stage(
+            f"inception {name}", lambda: batch_features(path, inception, args.inception_batch_size, True, cache)
+        )
 
     if args.references_only:
         return {name: inception_features(name, path) for name, path in (("test", test), ("validation", validation))}
+    if args.pipeline is None:
+        raise ValueError("--pipeline is required (unless --references_only)")
     settings = BatchSettings(
         args.pipeline,
-        args.num_samples,
-        args.batch_size,
-        args.seed,
-        args.guidance_scale,
-        args.num_inference_steps,
-        args.cache_interval,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        guidance_scale=args.guidance_scale,
+        num_inference_steps=args.num_inference_steps,
+        cache_interval=args.cache_interval,
     )
-    samples = write_sample_batch(settings, os.path.join(work, f"samples-{args.num_samples}-g{args.guidance_scale}.npz"))
-    sampled = time.perf_counter()
-
-    feats = {
-        name: inception_features(name, path)
-        for name, path in (("test", test), ("validation", validation), ("samples", samples))
-    }
-    model = adm_metrics(feats["samples"], feats["test"])
-    floor = adm_metrics(feats["validation"], feats["test"])
+    results["settings"] = settings.to_json()
+    output = os.path.join(work, f"samples-{args.num_samples}-g{args.guidance_scale}.npz")
+    samples = stage("sampling", lambda: write_sample_batch(settings, output))
     classifier = load_classifier()
-    class_accuracy, domain_fd = domain_measures(samples, classifier)
-    _, domain_floor = domain_measures(validation, classifier)
-    results = {
-        "model": model,
-        "real_vs_real_floor": floor,
-        "class_accuracy": class_accuracy,
-        "domain_frechet_distance": domain_fd,
-        "domain_frechet_distance_floor": domain_floor,
-        "settings": settings.to_json(),
-        "sampling_minutes": (sampled - started) / 60,
-        "total_minutes": (time.perf_counter() - started) / 60,
-    }
-    note = f"{args.num_samples} samples vs the 10,000 test digits"
+    results["class_accuracy"], results["domain_frechet_distance"] = domain_measures(samples, test, classifier)
+    results["domain_frechet_distance_floor"] = domain_measures(validation, test, classifier)[1]
+    test_features = inception_features("test", test)
+    results["model"] = model = adm_metrics(inception_features("samples", samples), test_features)
+    results["real_vs_real_floor"] = floor = adm_metrics(inception_features("validation", validation), test_features)
+    domain_fd, class_accuracy = results["domain_frechet_distance"], results["class_accuracy"]
+    note = f"{args.num_samples} samples vs {args.reference_count} test digits"
     EvaluationRecord(
         "inception_fid",
         [
             Metric(f"FID-{args.num_samples // 1000}K (Inception)", model["fid"], "{:.2f}", note),
-            Metric("real-vs-real floor of that FID", floor["fid"], "{:.2f}", "10,000 validation vs test digits"),
+            Metric(
+                "real-vs-real floor of that FID",
+                floor["fid"],
+                "{:.2f}",
+                f"{args.reference_count} validation vs test digits",
+            ),
             Metric("sFID", model["sfid"], "{:.2f}", note),
             Metric("precision / recall", f"{model['precision']:.3f} / {model['recall']:.3f}", note="k = 3"),
             Metric("Fréchet distance (classifier features)", domain_fd, "{:.1f}", note),

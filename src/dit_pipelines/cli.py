@@ -65,6 +65,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--cache_interval", type=int, default=None, help="feature caching: the blocks run every k steps (FORA)"
     )
     batch.add_argument("--seed", type=int, default=0, help="with the sample index, seeds each sample's noise")
+    batch.add_argument(
+        "--guidance_channels", type=int, default=None, help="guide the first k channels (the original DiT's FID: 3)"
+    )
     batch.add_argument("--labels", nargs="+", default=None, help="image pipelines: classes to balance (default all)")
     batch.add_argument("--prompts", default=None, help="video pipelines: a file of prompts, one per line, cycled")
     batch.add_argument("--num_frames", type=int, default=None, help="video: default the model's sample_frames")
@@ -129,6 +132,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     evaluate.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     evaluate.add_argument("--inception", default=None, help="the TorchScript network (default: the PyPI wheel)")
     evaluate.add_argument("--inception_logits", default=None, help="a state dict with fc.weight (for the IS)")
+    evaluate.add_argument("--cache_dir", default=None, help="keep the features here: a killed evaluation resumes")
     return parser.parse_args(argv)
 
 
@@ -191,6 +195,7 @@ def sample_batch(args) -> str:
         guidance_scale=args.guidance_scale,
         num_inference_steps=args.num_inference_steps,
         cache_interval=args.cache_interval,
+        guidance_channels=args.guidance_channels,
         labels=None if args.labels is None else tuple(args.labels),
         prompts=None if args.prompts is None else read_prompts(args.prompts),
         num_frames=args.num_frames,
@@ -218,6 +223,8 @@ def convert(args) -> str:
     is_file = os.path.isfile(args.checkpoint) or args.checkpoint.endswith((".pt", ".pth"))  # no Hub look-up
     model_index = None if is_file else diffusers_dit_model_index(args.checkpoint)
     if model_index is not None:  # a diffusers DiTPipeline, folder or repo id: VAE and class names come with it
+        if overrides:
+            raise ValueError(f"--{' --'.join(overrides)}: for original .pt checkpoints; a DiTPipeline's config says.")
         parts = diffusers_dit_components(args.checkpoint, model_index, args.sampling_respacing, **given)
     else:
         if os.path.isfile(args.checkpoint):
@@ -255,12 +262,14 @@ def evaluate(args) -> str:
 
     import torch
 
+    from .evaluation.batches import batch_info
     from .evaluation.evaluator import evaluate_batches, evaluation_record, format_results
     from .evaluation.inception import InceptionV3Features
 
+    batch_info(args.samples), batch_info(args.reference)  # a wrong file is named before any network is loaded
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     inception = InceptionV3Features.from_pretrained(args.inception, args.inception_logits, device=device)
-    results = evaluate_batches(args.samples, args.reference, inception, batch_size=args.batch_size)
+    results = evaluate_batches(args.samples, args.reference, inception, args.batch_size, cache_dir=args.cache_dir)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

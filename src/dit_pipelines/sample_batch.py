@@ -6,8 +6,9 @@ What `dit-pipelines sample-batch` runs, on one process or many under `accelerate
     accelerate launch --num_processes 8 -m dit_pipelines.cli sample-batch outputs/dit --num_samples 50000 \\
         --output samples.npz
 
-The N samples are cut into fixed chunks of `batch_size` indices, dealt round-robin to the processes; sample i starts
-from its own generator, seeded from (seed, i) only, so the batch is the same for any number of processes. Each
+The N samples are cut into fixed chunks of `batch_size` indices; those not yet sampled are dealt round-robin to the
+processes. Sample i starts from its own generator, seeded from (seed, i) only, so the batch is the same for any
+number of processes. Each
 finished chunk is written atomically as a shard (`samples.npz.shards/chunk-00012.npz`): a run that is killed resumes
 where it stopped, with any number of processes, and refuses to resume with other settings (`settings.json` in the
 shard folder). When every shard is there the main process assembles `samples.npz` in index order, writes the
@@ -55,6 +56,7 @@ class BatchSettings:
     guidance_scale: float = 1.5  # the FID protocol's classifier-free guidance (DiT, ADM)
     num_inference_steps: Optional[int] = None  # None: the scheduler's respacing
     cache_interval: Optional[int] = None  # feature caching (FORA); None: exact sampling
+    guidance_channels: Optional[int] = None  # image pipelines: guide the first k channels (original DiT: 3 of 4)
     labels: Optional[Tuple[str, ...]] = None  # image pipelines: the classes to balance over (default all)
     prompts: Optional[Tuple[str, ...]] = None  # video pipelines: cycled over the clips
     num_frames: Optional[int] = None  # video pipelines: default the model's sample_frames
@@ -117,6 +119,14 @@ def to_uint8_rgb(images: np.ndarray) -> np.ndarray:
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
+def class_balanced_samples(pipe, classes, seed: int, indices: range, **call) -> Tuple[np.ndarray, np.ndarray]:
+    """Samples `indices` of a class-conditional image pipeline: sample i of class `classes[i % len(classes)]`
+    from the noise of (seed, i); (n, H, W, 3) uint8 images and (n,) labels. `call`: the pipeline's arguments."""
+    labels = np.array([classes[i % len(classes)] for i in indices], dtype=np.int64)
+    images = pipe(labels.tolist(), generator=sample_generators(seed, indices), output_type="np", **call).images
+    return to_uint8_rgb(images), labels  # images: (n, H, W, C) in [0, 1]
+
+
 def shard_folder(output: str) -> str:
     return f"{output}.shards"
 
@@ -170,6 +180,9 @@ def load_sampler(settings: BatchSettings):
         cache_interval=settings.cache_interval,
         output_type="np",
     )
+    image_call = {k: v for k, v in common.items() if k != "output_type"}
+    if settings.guidance_channels is not None:
+        image_call["guidance_channels"] = settings.guidance_channels
     if isinstance(pipe, DiTImagePipeline):
         if settings.prompts is not None or settings.num_frames is not None:
             raise ValueError(f"{settings.pipeline} is an image pipeline: --prompts and --num_frames are for video.")
@@ -180,14 +193,14 @@ def load_sampler(settings: BatchSettings):
             raise ValueError(f"labels must be class indices in [0, {num_classes - 1}] or names, got {list(given)}.")
 
         def sample(indices: range) -> Tuple[np.ndarray, np.ndarray]:
-            labels = np.array([classes[i % len(classes)] for i in indices], dtype=np.int64)
-            generator = sample_generators(settings.seed, indices)
-            images = pipe(labels.tolist(), generator=generator, **common).images  # (n, H, W, C) in [0, 1]
-            return to_uint8_rgb(images), labels
+            return class_balanced_samples(pipe, classes, settings.seed, indices, **image_call)
 
     elif isinstance(pipe, DiTTextToVideoPipeline):
-        if settings.labels is not None:
-            raise ValueError(f"{settings.pipeline} is a text-to-video pipeline: it takes --prompts, not --labels.")
+        if settings.labels is not None or settings.guidance_channels is not None:
+            raise ValueError(
+                f"{settings.pipeline} is a text-to-video pipeline: it takes --prompts, not --labels or "
+                "--guidance_channels."
+            )
         if settings.prompts is None:
             raise ValueError(f"{settings.pipeline} is a text-to-video pipeline: give --prompts FILE (one per line).")
         prompts = settings.prompts
@@ -208,9 +221,16 @@ def load_sampler(settings: BatchSettings):
 
 def _finished(settings: BatchSettings, output: str) -> bool:
     """Whether `output` is a finished batch of these settings; a `ValueError` when it is some other file."""
-    if os.path.isdir(shard_folder(output)) or not os.path.exists(output):
+    if not os.path.exists(output):
         return False
     stored = _read_json(f"{output}.json")
+    in_progress = _read_json(os.path.join(shard_folder(output), SETTINGS))
+    if stored is None and in_progress == settings.to_json():
+        return False  # killed between writing the batch and its settings: assemble again
+    if stored == settings.to_json() and os.path.isdir(shard_folder(output)):
+        shutil.rmtree(shard_folder(output))  # a clean-up that was cut short: the batch itself is complete
+    elif os.path.isdir(shard_folder(output)):
+        return False
     if stored is None:
         raise ValueError(f"{output} exists and was not written by sample-batch: remove it or choose another --output.")
     if stored != settings.to_json():
@@ -225,6 +245,9 @@ def _start_or_resume(settings: BatchSettings, output: str, is_main: bool) -> Non
     """Create the shard folder with `settings.json`, or check that an existing one has the same settings."""
     path = os.path.join(shard_folder(output), SETTINGS)
     stored = _read_json(path)
+    folder = shard_folder(output)
+    if stored is None and os.path.isdir(folder) and any(name.startswith("chunk-") for name in os.listdir(folder)):
+        raise ValueError(f"{folder} holds shards but no {SETTINGS}: remove the folder to start over.")
     if stored is not None and stored != settings.to_json():
         raise ValueError(
             f"{shard_folder(output)} holds an unfinished run with other settings "
@@ -254,7 +277,9 @@ def assemble(settings: BatchSettings, output: str, num_chunks: int) -> str:
     labels = np.concatenate(labels)
     save_batch(output, _shard_images(paths), labels=labels, count=len(labels))
     _write_json(f"{output}.json", settings.to_json())
-    shutil.rmtree(shard_folder(output))
+    trash = f"{shard_folder(output)}.removing"  # out of the way first: a kill in rmtree leaves no half folder
+    os.replace(shard_folder(output), trash)
+    shutil.rmtree(trash)
     return output
 
 
@@ -288,9 +313,11 @@ def write_sample_batch(settings: BatchSettings, output: str) -> str:
     state.wait_for_everyone()
 
     chunks = chunk_indices(settings.num_samples, settings.batch_size)
-    mine = process_chunks(len(chunks), state.process_index, state.num_processes)
-    todo = [k for k in mine if not os.path.isfile(shard_path(output, k))]
-    progress = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="chunks", disable=not state.is_main_process)
+    missing = [k for k in range(len(chunks)) if not os.path.isfile(shard_path(output, k))]
+    state.wait_for_everyone()  # every process has listed the same missing chunks before any is written
+    todo = [missing[i] for i in process_chunks(len(missing), state.process_index, state.num_processes)]
+    done = f"chunks ({len(chunks) - len(missing)} of {len(chunks)} done before)"
+    progress = tqdm(total=len(todo), desc=done, disable=not state.is_main_process)
     for k in todo:
         images, labels = sample(chunks[k])
         _write_atomically(shard_path(output, k), lambda f: np.savez(f, images=images, labels=labels))

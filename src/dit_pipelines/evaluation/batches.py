@@ -51,7 +51,9 @@ def _read_header(stream) -> Tuple[tuple, bool, np.dtype]:
     version = np.lib.format.read_magic(stream)
     if version == (1, 0):
         return np.lib.format.read_array_header_1_0(stream)  # (shape, fortran_order, dtype)
-    return np.lib.format.read_array_header_2_0(stream)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(stream)
+    raise ValueError(f".npy format {version[0]}.{version[1]} is not supported (1.0 and 2.0 are; re-save with NumPy)")
 
 
 def batch_info(path: str) -> BatchInfo:
@@ -87,7 +89,7 @@ def iter_images(path: str, batch_size: int = 64) -> Iterator[np.ndarray]:
             data = stream.read(rows * row_bytes)
             if len(data) != rows * row_bytes:
                 raise ValueError(f"{path}: 'arr_0' ends after {start} of {info.count} images (truncated file)")
-            yield np.frombuffer(data, dtype=np.uint8).reshape(rows, *info.image_shape)
+            yield np.frombuffer(bytearray(data), dtype=np.uint8).reshape(rows, *info.image_shape)  # writable
 
 
 def load_statistics(path: str) -> Optional[Dict[str, np.ndarray]]:

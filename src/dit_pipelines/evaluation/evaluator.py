@@ -47,21 +47,27 @@ def batch_features(
     if cache_dir is None:
         return inception.extract(iter_images(path, batch_size), progress=progress, total=-(-info.count // batch_size))
     os.makedirs(cache_dir, exist_ok=True)
+    # what the cached features depend on: the file, the network (its weights' checksum) and the chunking
     source = {"file": os.path.abspath(path), "bytes": os.path.getsize(path), "mtime": os.path.getmtime(path)}
-    source["logits"] = inception.has_logits
+    source.update(network=inception.fingerprint(), chunk=CACHE_CHUNK)
     source_file = os.path.join(cache_dir, "source.json")
-    if not os.path.exists(source_file) or json.load(open(source_file)) != source:
+    stored = None
+    if os.path.exists(source_file):
+        with open(source_file) as f:
+            stored = json.load(f)
+    if stored != source:
         for name in os.listdir(cache_dir):
             if name.startswith("chunk-"):
                 os.remove(os.path.join(cache_dir, name))
-        with open(source_file, "w") as f:
+        with open(f"{source_file}.tmp", "w") as f:
             json.dump(source, f)
+        os.replace(f"{source_file}.tmp", source_file)
     parts = []
     chunks = iter_images(path, CACHE_CHUNK)
     for index, chunk in enumerate(tqdm(chunks, total=-(-info.count // CACHE_CHUNK), disable=not progress)):
         file = os.path.join(cache_dir, f"chunk-{index:05d}.pt")
         if not os.path.exists(file):
-            features = inception.extract(torch.from_numpy(chunk.copy()).split(batch_size))
+            features = inception.extract(torch.from_numpy(chunk).split(batch_size))
             torch.save(vars(features), f"{file}.tmp")
             os.replace(f"{file}.tmp", file)
         parts.append(InceptionOutput(**torch.load(file, weights_only=True)))
@@ -97,12 +103,17 @@ def evaluate_batches(
     inception: Optional[InceptionV3Features] = None,
     batch_size: int = 64,
     progress: bool = True,
+    cache_dir: Optional[str] = None,
 ) -> Dict:
-    """ADM's five metrics for two batch files, with the counts and where the reference statistics came from."""
+    """ADM's five metrics for two batch files, with the counts and where the reference statistics came from.
+    With `cache_dir`, the features of each file are kept in a sub-folder of it, and a killed evaluation resumes."""
     sample_info, reference_info = batch_info(sample_path), batch_info(reference_path)  # both checked first
     inception = inception or InceptionV3Features.from_pretrained()
-    reference = batch_features(reference_path, inception, batch_size, progress)
-    samples = batch_features(sample_path, inception, batch_size, progress)
+
+    def features(path, name):
+        return batch_features(path, inception, batch_size, progress, cache_dir and os.path.join(cache_dir, name))
+
+    reference, samples = features(reference_path, "reference"), features(sample_path, "samples")
     statistics = load_statistics(reference_path)
     results = adm_metrics(samples, reference, statistics)
     results.update(

