@@ -12,7 +12,7 @@ stream itself (the header through `np.lib.format`, then the rows).
 >>> import numpy as np, tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "samples.npz")
 >>> images = np.zeros((5, 8, 8, 3), dtype=np.uint8)
->>> save_batch(path, [images[:2], images[2:]], labels=np.arange(5), count=5)
+>>> _ = save_batch(path, [images[:2], images[2:]], labels=np.arange(5), count=5)
 >>> [chunk.shape for chunk in iter_images(path, batch_size=4)]
 [(4, 8, 8, 3), (1, 8, 8, 3)]
 >>> batch_info(path).count
