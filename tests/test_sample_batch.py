@@ -1,7 +1,9 @@
 """`dit-pipelines sample-batch`: N samples as an ADM-format .npz, the same for any process count, resumable after a
 kill, with class-balanced labels, clear errors, and the frames of a video pipeline."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,6 +161,30 @@ def test_labels_are_class_balanced_and_each_sample_depends_on_its_index_only(tmp
 
     assert cli(sample_args(pipe, tmp_path / "some.npz", 5, "--labels", "3", "dog", "--seed", "2")) == 0
     np.testing.assert_array_equal(load(tmp_path / "some.npz")[1], [3, 1, 3, 1, 3])
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="inductor on the CPU needs a C compiler")
+def test_compile_runs_the_compiled_transformer_and_changes_only_rounding(tmp_path, monkeypatch):
+    pipe = image_pipeline(tmp_path / "pipe", respacing="4")
+    assert cli(sample_args(pipe, tmp_path / "eager.npz", 6, "--batch_size", "3")) == 0
+
+    transformers, load_sampler = [], sample_batch_module.load_sampler
+
+    def keeping_load_sampler(settings):
+        pipeline, sample = load_sampler(settings)
+        transformers.append(pipeline.transformer)
+        return pipeline, sample
+
+    monkeypatch.setattr(sample_batch_module, "load_sampler", keeping_load_sampler)
+    torch._dynamo.reset()
+    assert cli(sample_args(pipe, tmp_path / "compiled.npz", 6, "--batch_size", "3", "--compile")) == 0
+    assert "_compiled_call_impl" in vars(transformers[0])  # nn.Module.compile, in place
+    (eager, eager_labels), (compiled, compiled_labels) = load(tmp_path / "eager.npz"), load(tmp_path / "compiled.npz")
+    np.testing.assert_array_equal(compiled_labels, eager_labels)
+    assert np.abs(compiled.astype(int) - eager.astype(int)).max() <= 1  # float rounding, at most one level
+    # compiling is not a setting: the two batches record the same settings, so a run may resume either way
+    stored = [json.loads((tmp_path / f"{name}.npz.json").read_text()) for name in ("eager", "compiled")]
+    assert stored[0] == stored[1]
 
 
 def test_a_grayscale_model_gives_rgb_images(tmp_path):

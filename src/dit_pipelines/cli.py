@@ -71,6 +71,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     batch.add_argument("--labels", nargs="+", default=None, help="image pipelines: classes to balance (default all)")
     batch.add_argument("--prompts", default=None, help="video pipelines: a file of prompts, one per line, cycled")
     batch.add_argument("--num_frames", type=int, default=None, help="video: default the model's sample_frames")
+    batch.add_argument(
+        "--compile", action="store_true", help="torch.compile the transformer (faster; float rounding differs)"
+    )
 
     convert = commands.add_parser(
         "convert",
@@ -200,7 +203,7 @@ def sample_batch(args) -> str:
         prompts=None if args.prompts is None else read_prompts(args.prompts),
         num_frames=args.num_frames,
     )
-    return write_sample_batch(settings, args.output)
+    return write_sample_batch(settings, args.output, compile=args.compile)
 
 
 def convert(args) -> str:
