@@ -1,7 +1,9 @@
 """Regional compilation (`model.compile_repeated_blocks()`, one compiled block reused by every block) against
-whole-model `torch.compile` and eager, on DiT-S/2 and DiT-B/2 (32x32x4 latents) and the speed benchmark's video DiT.
+whole-model `torch.compile` and eager, on DiT-S/2 and DiT-B/2 (32x32x4 latents), the speed benchmark's video DiT,
+and the MNIST demo's DiT (width 64, 6 blocks, 4x4 patches of 28x28 digits: what `sample-batch --compile` speeds up).
 
     python benchmarks/compile.py --threads 2 --output benchmarks/results/compile.json
+    python benchmarks/compile.py --models mnist-demo --batch_size 100 --output benchmarks/results/compile-mnist.json
 
 Each variant runs in a fresh process with an empty inductor cache, so the compile time (the first call's time
 minus an eager call's) is a cold compile; then the forward is timed (no grad, batch `--batch_size`), medians over
@@ -19,7 +21,8 @@ import time
 
 import torch
 
-MODELS = ("DiT-S/2", "DiT-B/2", "video")
+MODELS = ("DiT-S/2", "DiT-B/2", "video", "mnist-demo")
+MNIST_DEMO = dict(hidden_size=64, depth=6, num_heads=2, sample_size=28, in_channels=1, num_classes=10)  # on DiT-S/4
 VARIANTS = ("eager", "whole", "regional")
 
 
@@ -28,7 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--models", nargs="+", default=list(MODELS[:3]), choices=MODELS)
     p.add_argument("--output", default=None)
     p.add_argument("--probe", nargs=2, default=None, help=argparse.SUPPRESS)  # internal: model variant
     return p.parse_args(argv)
@@ -56,6 +59,9 @@ def build(name: str, batch: int):
         return model.eval(), (torch.randn(batch, 4, 8, 32, 32), t), kwargs
     from dit_pipelines import DiTModel
 
+    if name == "mnist-demo":
+        model = DiTModel.from_preset("DiT-S/4", **MNIST_DEMO).eval()
+        return model, (torch.randn(batch, 1, 28, 28), t), {"class_labels": torch.randint(0, 11, (batch,))}
     model = DiTModel.from_preset(name, sample_size=32, num_classes=1000).eval()
     return model, (torch.randn(batch, 4, 32, 32), t), {"class_labels": torch.randint(0, 1000, (batch,))}
 
