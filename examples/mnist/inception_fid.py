@@ -118,7 +118,9 @@ def main(args) -> dict:
     results["domain_frechet_distance_floor"] = domain_measures(validation, test, classifier)[1]
     test_features = inception_features("test", test)
     sample_features = inception_features("samples", samples)
-    results["model"] = model = stage("metrics", lambda: adm_metrics(sample_features, test_features))  # saved before the floor
+    results["model"] = model = stage(
+        "metrics", lambda: adm_metrics(sample_features, test_features)
+    )  # saved before the floor
     results["real_vs_real_floor"] = floor = adm_metrics(inception_features("validation", validation), test_features)
     domain_fd, class_accuracy = results["domain_frechet_distance"], results["class_accuracy"]
     note = f"{args.num_samples} samples vs {args.reference_count} test digits"
