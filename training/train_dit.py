@@ -18,6 +18,7 @@ from diffusers.utils import make_image_grid
 
 from dit_pipelines import DIT_PRESETS, DiTDDPMScheduler, DiTImagePipeline, DiTModel
 from dit_pipelines.data import class_names, load_image_dataset
+from dit_pipelines.models import BLOCK_TYPES
 from dit_pipelines.pipelines.saved_layout import transformer_folder
 from dit_pipelines.training import (
     AdapterConfig,
@@ -47,6 +48,9 @@ def parse_args(argv=None):
     model.add_argument("--preset", default="DiT-S/4", choices=sorted(DIT_PRESETS), help="DiT size and patch")
     for name in ("hidden_size", "depth", "num_heads", "patch_size"):
         model.add_argument(f"--{name}", type=int, default=None, help=f"override the preset's {name}")
+    model.add_argument(
+        "--block_type", default="adaln_zero", choices=BLOCK_TYPES, help="the block design (DiT paper, section 3.2)"
+    )
     model.add_argument(
         "--learn_sigma",
         action=argparse.BooleanOptionalAction,
@@ -82,6 +86,7 @@ def build_model(args, in_channels: int, sample_size: int, num_classes: int) -> D
         num_classes=num_classes,
         learn_sigma=args.learn_sigma,
         class_dropout_prob=args.class_dropout_prob,
+        block_type=args.block_type,
         **overrides,
     )
 
@@ -135,6 +140,10 @@ def main(args) -> str:
         patch_size = DiTModel.load_config(transformer_folder(args.init_from))["patch_size"]
     data = build_training_images(dataset, data_config, latent_config, vae, patch_size, run.output_dir, accelerator)
     model = build_model(args, data.channels, data.sample_size, len(names))
+    accelerator.print(
+        f"DiTModel ({model.config.block_type}): {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        f"{model.gflops():.3f} Gflops per image at {data.sample_size}x{data.sample_size}"
+    )
     if adapter.enabled:  # LoRA: the pretrained model frozen, adapters trained
         add_lora_adapter(model, adapter)
     noise_scheduler = noise_scheduler_for(objective, run, model.config.learn_sigma)

@@ -51,7 +51,7 @@ def original_to_dit_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateD
 
 
 def dit_to_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
-    """A `DiTModel` state dict in the original DiT's names, loadable by its `models.py`."""
+    """A `DiTModel` state dict (adaLN-Zero blocks) in the original DiT's names, loadable by its `models.py`."""
     return _rename(state_dict, _OURS_TO_ORIGINAL)
 
 
@@ -204,6 +204,8 @@ def dit_to_diffusers(model: DiTModel) -> DiTTransformer2DModel:
     and the pre-MLP LayerNorm eps to its `norm_eps`: a model with another shift gives slightly different outputs
     there, which is logged as a warning."""
     c = model.config
+    if c.block_type != "adaln_zero":
+        raise ValueError(f"diffusers' DiTTransformer2DModel has adaLN-Zero blocks; this model's are {c.block_type!r}.")
     if c.timestep_freq_shift != 1.0:
         logger.warning(
             "diffusers' DiTTransformer2DModel uses timestep frequency shift 1, this model %s: outputs will differ "

@@ -20,6 +20,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 from .evaluation.record import EvaluationRecord
 from .latents import downsampling_factor
+from .models.flops import saved_config_gflops
 
 #: what a component folder may upload: configs, safetensors weights, tokenizer vocabularies (never pickles)
 COMPONENT_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken")
@@ -34,7 +35,7 @@ PIPELINES = {
 }
 SAMPLES = ["samples.png", "samples.gif"]  # a picture of samples the run left, when no evaluation names one
 MODEL_KEYS = ["sample_size", "sample_frames", "patch_size", "temporal_patch_size", "in_channels", "hidden_size"]
-MODEL_KEYS += ["depth", "num_heads", "attention_layout", "learn_sigma", "conditioning"]
+MODEL_KEYS += ["depth", "num_heads", "block_type", "attention_layout", "learn_sigma", "conditioning"]
 SCHEDULER_KEYS = ["timestep_respacing", "variance_type", "prediction_type", "beta_schedule"]
 #: training options that say where the run went, not how it trained
 UNREPORTED = {"output_dir", "push_to_hub", "hub_model_id", "hub_private_repo", "hub_token", "report_to"}
@@ -147,6 +148,10 @@ def model_card(
         ["text_embed_dim", "pooled_text_conditioning"] if text else ["num_classes", "class_dropout_prob"]
     )
     model_rows = [(k, transformer[k]) for k in model_keys if k in transformer]
+    if transformer.get("_class_name") == "DiTModel":
+        model_rows.append(
+            ("Gflops per image (forward, as DiT's Table 4 counts)", f"{saved_config_gflops(transformer):.3f}")
+        )
     vae = _read_json(root / "vae" / "config.json")
     if vae:
         factor = downsampling_factor(vae["block_out_channels"])

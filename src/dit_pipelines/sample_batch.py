@@ -300,7 +300,7 @@ def write_sample_batch(settings: BatchSettings, output: str, compile: bool = Fal
 
     `compile`: run the transformer through `torch.compile` (inductor; the first call compiles, about 15 s on 2 CPU
     cores). It fuses the elementwise work between the matmuls, which dominates small models: 1.5x faster sampling
-    of the MNIST demo DiT on 2 CPU cores (`benchmarks/RESULTS.md`). Only float rounding changes (outputs within
+    of a width-64, 6-block DiT on 2 CPU cores (`benchmarks/RESULTS.md`). Only float rounding changes (outputs within
     1e-4 of eager), so it is not one of the `BatchSettings`: a run may resume with or without it."""
     from tqdm.auto import tqdm
 

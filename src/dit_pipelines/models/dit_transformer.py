@@ -11,40 +11,24 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .attention import SelfAttention
 from .caching import DiTCacheMixin
+from .dit_blocks import BLOCK_CLASSES, DiTBlock, block_class
 from .embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d
-from .feature_cache import NO_CACHE, BlockCache, FeatureCache, cache_for_forward
+from .feature_cache import FeatureCache, cache_for_forward
+from .flops import dit_flops
 from .initialization import initialize_dit_weights
-from .layers import MLP, FinalLayer, modulate
+from .layers import FinalLayer
 from .presets import preset_config
 
+__all__ = ["DiTBlock", "DiTModel"]
 
-class DiTBlock(nn.Module):
-    """An adaLN-Zero block (DiT §3.2, Fig. 3). `modulation` maps the shared conditioning to shift, scale and gate
-    for the attention and the MLP; with its weights zero, the block is the identity."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, mlp_norm_eps: float):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = SelfAttention(hidden_size, num_heads)
-        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=mlp_norm_eps)
-        self.mlp = MLP(hidden_size, int(hidden_size * mlp_ratio))
-        self.modulation = nn.Linear(hidden_size, 6 * hidden_size)
-
-    def forward(
-        self, hidden_states: torch.Tensor, condition: torch.Tensor, cache: BlockCache = NO_CACHE, index: int = 0
-    ) -> torch.Tensor:
-        # hidden_states: (N, T, D) tokens (named as diffusers' block hooks look them up); condition: (N, D), the SiLU
-        # of the timestep + class embedding. With a `FeatureCache` the attention and MLP outputs may come from an
-        # earlier step (FORA); the gates are always this step's.
-        x = hidden_states
-        modulation = self.modulation(condition)[:, None]  # (N, 1, 6D)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=-1)
-        attn = cache.fetch((index, "attn"), lambda: self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
-        x = torch.addcmul(x, attn, gate_msa)  # x + attn * gate: the full tensor first is ~4x faster on a CPU
-        mlp = cache.fetch((index, "mlp"), lambda: self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
-        return torch.addcmul(x, mlp, gate_mlp)
+# Context parallelism (diffusers `enable_parallelism`): the patch tokens are split across processes as they enter the
+# first block and gathered as they leave the final layer; the self-attention exchanges them (Ulysses).
+DIT_CP_PLAN = {
+    "blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)},
+    "final_layer": ContextParallelOutput(gather_dim=1, expected_dims=3),
+}
 
 
 class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
@@ -52,7 +36,8 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
 
     Patchify (a stride-p convolution) and fixed 2D sin-cos positions, then `depth` adaLN-Zero blocks conditioned on
     ONE shared timestep + class embedding, then a final adaLN layer and unpatchify. Initialised as in the paper, so
-    the output is exactly zero at initialisation.
+    the output is exactly zero at initialisation. The paper's other three block designs (§3.2) are a `block_type`
+    away (`models/dit_blocks.py`), and `gflops()` counts a forward as the paper's Table 4 does.
 
     Args:
         sample_size (`int`, defaults to 32): the side of the inputs seen in training (latent pixels). Any height and
@@ -72,6 +57,12 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
             DiT, 1 reproduces diffusers' `DiTTransformer2DModel`.
         mlp_norm_eps (`float`, defaults to 1e-6): epsilon of the LayerNorm before each MLP; 1e-6 in the original
             DiT, 1e-5 in diffusers' `DiTTransformer2DModel`.
+        block_type (`str`, defaults to `"adaln_zero"`): the block design of DiT §3.2: `"adaln_zero"`, `"adaln"` (no
+            gates, no zero initialisation), `"cross_attention"` (cross-attention to the sequence [t, c]) or
+            `"in_context"` (t and c as two extra tokens). The final layer is adaptive for the adaLN designs, a plain
+            LayerNorm otherwise; it starts at zero in all four. Conversion from and to the original DiT and
+            diffusers' `DiTTransformer2DModel`, feature caching's gates and context parallelism's token split are
+            the adaLN-Zero model's (context parallelism refuses `"in_context"`, whose two extra tokens do not split).
 
     Example:
         >>> import torch
@@ -80,18 +71,14 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
         >>> out = model(torch.randn(2, 4, 16, 16), timestep=torch.tensor([10, 500]), class_labels=torch.tensor([3, 7]))
         >>> out.sample.shape  # learned sigma: 2 x 4 channels
         torch.Size([2, 8, 16, 16])
+        >>> round(model.gflops(32, 32), 2)  # on 32x32 latents (256x256 images): Table 4 gives DiT-S/8 0.36
+        0.36
     """
 
     _supports_gradient_checkpointing = True
-    _no_split_modules = ["DiTBlock"]
-    _repeated_blocks = ["DiTBlock"]  # `compile_repeated_blocks()` compiles one block and reuses it
+    _no_split_modules = [cls.__name__ for cls in BLOCK_CLASSES.values()]
+    _repeated_blocks = _no_split_modules  # `compile_repeated_blocks()` compiles one block and reuses it
     _guidance_batched_inputs = ("class_labels",)  # for FasterCache (`DiTCacheMixin`)
-    # Context parallelism (diffusers `enable_parallelism`): the patch tokens are split across processes as they
-    # enter the first block and gathered as they leave the final layer; the self-attention exchanges them (Ulysses).
-    _cp_plan = {
-        "blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)},
-        "final_layer": ContextParallelOutput(gather_dim=1, expected_dims=3),
-    }
 
     @register_to_config
     def __init__(
@@ -108,8 +95,10 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
         learn_sigma: bool = True,
         timestep_freq_shift: float = 0.0,
         mlp_norm_eps: float = 1e-6,
+        block_type: str = "adaln_zero",
     ):
         super().__init__()
+        block = block_class(block_type)  # a ValueError for an unknown design
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads}).")
         if sample_size % patch_size:
@@ -127,8 +116,9 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
         self.pos_embed = nn.Parameter(table, requires_grad=False)  # (1, T, D)
         self.timestep_embedder = TimestepEmbedder(hidden_size, freq_shift=timestep_freq_shift)
         self.class_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
-        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, mlp_norm_eps) for _ in range(depth))
-        self.final_layer = FinalLayer(hidden_size, patch_size * patch_size * self.out_channels)
+        self.blocks = nn.ModuleList(block(hidden_size, num_heads, mlp_ratio, mlp_norm_eps) for _ in range(depth))
+        adaptive = block_type in ("adaln_zero", "adaln")
+        self.final_layer = FinalLayer(hidden_size, patch_size * patch_size * self.out_channels, adaptive=adaptive)
         self.initialize_weights()
 
     @classmethod
@@ -143,18 +133,44 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
         return self.class_embedder.has_null_class
 
     def attention_identifiers(self) -> dict:
-        """Every block's attention is spatial (for PyramidAttentionBroadcast and FasterCache, `DiTCacheMixin`)."""
-        return {"spatial": [r"^blocks\.\d+\.attn$"], "temporal": [], "cross": []}
+        """Every block's self-attention is spatial; the cross-attention design's attends to [t, c] (for
+        PyramidAttentionBroadcast and FasterCache, `DiTCacheMixin`)."""
+        return {"spatial": [r"^blocks\.\d+\.attn$"], "temporal": [], "cross": [r"^blocks\.\d+\.cross_attn$"]}
 
     def initialize_weights(self) -> None:
-        """DiT initialisation (Peebles & Xie, §3.2): see `initialize_dit_weights`. The output is exactly zero."""
+        """DiT initialisation (Peebles & Xie, §3.2): see `initialize_dit_weights`. The output is exactly zero; with
+        adaLN-Zero blocks every block is the identity too (their modulation is zero)."""
         mlp = self.timestep_embedder.mlp
+        zero = [self.final_layer.linear] + ([self.final_layer.modulation] if self.final_layer.adaptive else [])
+        if self.config.block_type == "adaln_zero":
+            zero += [block.modulation for block in self.blocks]
         initialize_dit_weights(
-            self,
-            self.patch_embed,
-            normal=[self.class_embedder.embedding_table, mlp[0], mlp[2]],
-            zero=[*(block.modulation for block in self.blocks), self.final_layer.modulation, self.final_layer.linear],
+            self, self.patch_embed, normal=[self.class_embedder.embedding_table, mlp[0], mlp[2]], zero=zero
         )
+
+    def gflops(self, height: Optional[int] = None, width: Optional[int] = None) -> float:
+        """Forward Gflops per image on `height` x `width` inputs (default `sample_size` square), counted as the DiT
+        paper's Table 4 counts them (fvcore: multiply-accumulates, layer norms at 4-5 per element): DiT-XL/2 at
+        32x32 latents gives 118.69 against the paper's 118.64. See `models/flops.py`."""
+        size = self.config.sample_size
+        return dit_flops(self.config, height or size, width or size).total / 1e9
+
+    @property
+    def _cp_plan(self):
+        """The context-parallel plan (tokens split at the first block, gathered at the final layer). The in-context
+        design carries two conditioning tokens through the blocks, which the split would scatter: refused."""
+        if self.config.block_type == "in_context":
+            raise ValueError(
+                "Context parallelism needs a block_type other than 'in_context' (its two conditioning "
+                "tokens would be split across processes with the patch tokens)."
+            )
+        return DIT_CP_PLAN
+
+    def enable_parallelism(self, *, config, cp_plan=None):
+        """diffusers' `enable_parallelism`, with the block type checked before diffusers sets anything up."""
+        if cp_plan is None:
+            self._cp_plan  # noqa: B018 (a ValueError for the in-context design)
+        return super().enable_parallelism(config=config, cp_plan=cp_plan)
 
     def positions(self, grid_height: int, grid_width: int) -> torch.Tensor:
         """The (1, T, D) position table for a `grid_height` x `grid_width` patch grid."""
@@ -165,8 +181,13 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
         return table[None].to(self.pos_embed.device)
 
     def condition(self, timestep: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
-        """The shared conditioning SiLU(t_emb + y_emb) of shape (N, D) fed to every adaLN modulation."""
-        return F.silu(self.timestep_embedder(timestep) + self.class_embedder(class_labels))
+        """What the blocks are conditioned on: for the adaLN designs SiLU(t_emb + y_emb) (N, D), fed to every
+        modulation; for the others the two embeddings as a sequence (N, 2, D) (the cross-attention's context, the
+        in-context tokens)."""
+        t_emb, y_emb = self.timestep_embedder(timestep), self.class_embedder(class_labels)
+        if self.final_layer.adaptive:
+            return F.silu(t_emb + y_emb)
+        return torch.stack([t_emb, y_emb], dim=1)
 
     def forward(
         self,
@@ -190,7 +211,11 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
 
         x = self.patch_embed(sample).flatten(2).transpose(1, 2)  # (N, T, D), T = grid_h * grid_w
         x = x + self.positions(grid_h, grid_w).to(x.dtype)
-        c = self.condition(timestep, class_labels).to(x.dtype)  # (N, D)
+        c = self.condition(timestep, class_labels).to(x.dtype)  # (N, D), or (N, 2, D) for the non-adaLN designs
+        tokens = x.shape[1]
+        in_context = self.config.block_type == "in_context"
+        if in_context:
+            x, c = torch.cat([x, c], dim=1), None  # the two conditioning tokens join the patch tokens
         cache = cache_for_forward(feature_cache)
         cache.start_call(tuple(sample.shape))
         for index, block in enumerate(self.blocks):
@@ -198,7 +223,9 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
                 x = self._gradient_checkpointing_func(block, x, c)
             else:
                 x = block(x, c, cache, index)
-        x = self.final_layer(x, c)  # (N, T, p*p*C_out)
+        if in_context:
+            x = x[:, :tokens]  # dropped after the last block
+        x = self.final_layer(x, c if self.final_layer.adaptive else None)  # (N, T, p*p*C_out)
 
         # Unpatchify: (N, h, w, p, q, C) -> (N, C, h*p, w*q).
         x = x.reshape(n, grid_h, grid_w, p, p, self.out_channels)

@@ -1,0 +1,95 @@
+"""The forward cost of a `DiTModel`, per image, counted as the DiT paper counts it (Peebles & Xie, 2023, Table 4).
+
+The paper's Gflops come from fvcore's counter on the original model: one "flop" per multiply-accumulate of every
+linear layer, convolution and matrix product (the attention's QKᵀ and AV included), and layer norms at 4 per element
+(5 with their own scale and shift); softmax, GELU and the adaLN arithmetic are not counted. `dit_flops` writes that
+count out for each block design, so that it holds for any patch grid and needs no tracing (and no fvcore):
+
+    per image, T patch tokens (T + 2 in context), width D, MLP width rD, L = 2 conditioning tokens
+    linear layers    patch embedding T·p²C + timestep MLP (256·D + D²) + final layer T·D·p²C_out (+ 2D² adaptive)
+                     + per block: 4T·D² (QKV, projection) + 2r·T·D² (MLP)
+                                  + 6D² adaLN-Zero | 4D² adaLN | 2T·D² + 2L·D² cross-attention (Q, out; K, V)
+    attention        per block 2T²·D, + 2T·L·D cross-attention
+    layer norms      4 or 5 per element of each normalised (T, D) tensor
+
+DiT-XL/2 on 32x32x4 latents: 118.69 (Table 4: 118.64); all 12 presets are within 0.4% of the table
+(`tests/test_flops.py`). The linear-layer part is exactly what `torch.utils.flop_counter.FlopCounterMode` counts
+(halved: it counts 2 per multiply-accumulate); it does not see the CPU's fused attention kernel.
+
+>>> from dit_pipelines import DiTModel
+>>> model = DiTModel.from_preset("DiT-S/2", sample_size=32)
+>>> round(dit_flops(model.config, 32, 32).total / 1e9, 2)  # Table 4: 6.06
+6.07
+"""
+
+from dataclasses import dataclass
+
+CONDITIONING_TOKENS = 2  # [t, c]: the cross-attention's context, the in-context design's extra tokens
+TIMESTEP_FEATURES = 256  # the sinusoidal features the timestep MLP reads (`TimestepEmbedder.frequency_dim`)
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    """Multiply-accumulates of one forward per image: `linear` (linear layers and the patch convolution),
+    `attention` (QKᵀ and AV), `norm` (layer norms, as fvcore counts them); `total` their sum."""
+
+    linear: int
+    attention: int
+    norm: int
+
+    @property
+    def total(self) -> int:
+        return self.linear + self.attention + self.norm
+
+
+def dit_flops(config, height: int, width: int) -> FlopCount:
+    """The `FlopCount` of a `DiTModel` with `config` on one `height` x `width` input (model pixels: latents for a
+    latent model); see the module docstring for what is counted."""
+    p, d, block_type = config.patch_size, config.hidden_size, config.block_type
+    if height % p or width % p:
+        raise ValueError(f"Height and width ({height}x{width}) must be divisible by the patch size {p}.")
+    patches = (height // p) * (width // p)
+    tokens = patches + CONDITIONING_TOKENS if block_type == "in_context" else patches
+    out_channels = 2 * config.in_channels if config.learn_sigma else config.in_channels
+    adaptive = block_type in ("adaln_zero", "adaln")
+    mlp_width = int(d * config.mlp_ratio)
+
+    block = 4 * tokens * d * d + 2 * tokens * d * mlp_width
+    attention = 2 * tokens * tokens * d
+    norms_per_block = 2
+    if block_type == "adaln_zero":
+        block += 6 * d * d
+    elif block_type == "adaln":
+        block += 4 * d * d
+    elif block_type == "cross_attention":
+        block += 2 * tokens * d * d + 2 * CONDITIONING_TOKENS * d * d
+        attention += 2 * tokens * CONDITIONING_TOKENS * d
+        norms_per_block = 3
+    per_element = 4 if adaptive else 5  # fvcore: 5 for a layer norm with its own scale and shift
+
+    ends = (
+        patches * p * p * config.in_channels * d  # patch embedding
+        + TIMESTEP_FEATURES * d
+        + d * d  # timestep MLP
+        + patches * d * p * p * out_channels  # final linear layer
+        + (2 * d * d if adaptive else 0)  # final adaLN map
+    )
+    return FlopCount(
+        linear=config.depth * block + ends,
+        attention=config.depth * attention,
+        norm=per_element * d * (config.depth * norms_per_block * tokens + patches),
+    )
+
+
+def saved_config_gflops(stored: dict) -> float:
+    """Gflops per image, at its `sample_size`, of a `DiTModel` config as saved (`transformer/config.json`); keys
+    it lacks (configs saved before they existed) take `DiTModel`'s defaults. For model cards: no weights loaded."""
+    import inspect
+    from types import SimpleNamespace
+
+    from .dit_transformer import DiTModel
+
+    parameters = inspect.signature(DiTModel.__init__).parameters.values()
+    defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    config = SimpleNamespace(**{**defaults, **stored})
+    return dit_flops(config, config.sample_size, config.sample_size).total / 1e9
