@@ -91,6 +91,15 @@ def test_tiny_run_saves_a_loadable_pipeline(bars, tmp_path):
     assert any(not torch.equal(raw[k], ema[k]) for k in raw if k != "pos_embed")
 
 
+def test_the_block_type_reaches_the_saved_model_and_its_gflops_are_reported(bars, tmp_path, capsys):
+    out = main(parse_args(tiny_args(bars, tmp_path / "run", "--max_train_steps", "2", "--block_type", "in_context")))
+    model = DiffusionPipeline.from_pretrained(out).transformer
+    assert model.config.block_type == "in_context"
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    report = f"DiTModel (in_context): {millions:.2f}M parameters, {model.gflops():.4g} Gflops per image at 8x8"
+    assert report in capsys.readouterr().out
+
+
 def test_resume_gives_the_weights_of_an_uninterrupted_run(bars, tmp_path):
     common = ["--max_train_steps", "9", "--checkpointing_steps", "4", "--random_flip", "--ema_decay", "0.9"]
     main(parse_args(tiny_args(bars, tmp_path / "full", *common)))

@@ -142,7 +142,7 @@ def main(args) -> str:
     model = build_model(args, data.channels, data.sample_size, len(names))
     accelerator.print(
         f"DiTModel ({model.config.block_type}): {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-        f"{model.gflops():.3f} Gflops per image at {data.sample_size}x{data.sample_size}"
+        f"{model.gflops():.4g} Gflops per image at {data.sample_size}x{data.sample_size}"
     )
     if adapter.enabled:  # LoRA: the pretrained model frozen, adapters trained
         add_lora_adapter(model, adapter)

@@ -149,9 +149,8 @@ def model_card(
     )
     model_rows = [(k, transformer[k]) for k in model_keys if k in transformer]
     if transformer.get("_class_name") == "DiTModel":
-        model_rows.append(
-            ("Gflops per image (forward, as DiT's Table 4 counts)", f"{saved_config_gflops(transformer):.3f}")
-        )
+        gflops = saved_config_gflops(transformer)
+        model_rows.append(("Gflops per image (forward, counted as DiT's Table 4)", f"{gflops:.4g}"))
     vae = _read_json(root / "vae" / "config.json")
     if vae:
         factor = downsampling_factor(vae["block_out_channels"])
