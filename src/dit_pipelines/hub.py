@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+from .atomic_files import read_json
 from .evaluation.record import EvaluationRecord
 from .latents import downsampling_factor
 from .models.flops import saved_config_gflops
@@ -40,10 +41,6 @@ SCHEDULER_KEYS = ["timestep_respacing", "variance_type", "prediction_type", "bet
 #: training options that say where the run went, not how it trained
 UNREPORTED = {"output_dir", "push_to_hub", "hub_model_id", "hub_private_repo", "hub_token", "report_to"}
 UNREPORTED |= {"logging_dir", "resume_from_checkpoint", "validation_prompts"}
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _table(rows: Iterable[Tuple], header: Sequence[str] = ("", "")) -> str:
@@ -128,7 +125,7 @@ def model_card(
     from huggingface_hub import ModelCard
 
     root = Path(folder)
-    index = _read_json(root / "model_index.json")
+    index = read_json(root / "model_index.json")
     if index is None and (root / LORA_WEIGHTS).is_file():
         return adapter_card(folder, repo_id, license, datasets, base_model, extra_tags, uploaded)
     if index is None:
@@ -136,9 +133,9 @@ def model_card(
     if index["_class_name"] not in PIPELINES:
         raise ValueError(f"No model card template for {index['_class_name']}; known: {', '.join(PIPELINES)}.")
     template, pipeline_tag, tags = PIPELINES[index["_class_name"]]
-    transformer = _read_json(root / "transformer" / "config.json") or {}
-    scheduler = _read_json(root / "scheduler" / "scheduler_config.json") or {}
-    training = _read_json(root / "training_args.json") or {}
+    transformer = read_json(root / "transformer" / "config.json") or {}
+    scheduler = read_json(root / "scheduler" / "scheduler_config.json") or {}
+    training = read_json(root / "training_args.json") or {}
     card_data = _card_data(training, license, datasets, base_model, [*tags, *extra_tags], pipeline_tag)
     records = EvaluationRecord.load_all(folder)
     samples = [r.sample for r in records if r.sample] + [s for s in SAMPLES if (root / s).is_file()]
@@ -151,7 +148,7 @@ def model_card(
     if transformer.get("_class_name") == "DiTModel":
         gflops = saved_config_gflops(transformer)
         model_rows.append(("Gflops per image (forward, counted as DiT's Table 4)", f"{gflops:.4g}"))
-    vae = _read_json(root / "vae" / "config.json")
+    vae = read_json(root / "vae" / "config.json")
     if vae:
         factor = downsampling_factor(vae["block_out_channels"])
         model_rows.append(("vae", f"{vae['_class_name']}, f = {factor}, {vae['latent_channels']} latent channels"))
@@ -182,7 +179,7 @@ def adapter_card(folder, repo_id, license, datasets, base_model, extra_tags, upl
     an adapter, names the base model (`--init_from`; Hub metadata when that is a Hub repo) and the adapted layers."""
     from huggingface_hub import ModelCard
 
-    training = _read_json(Path(folder) / "training_args.json") or {}
+    training = read_json(Path(folder) / "training_args.json") or {}
     card_data = _card_data(training, license, datasets, base_model, ["lora", *extra_tags])
     base_model = card_data.base_model
     adapter_keys = ("lora_rank", "lora_alpha", "lora_target_modules")
@@ -208,7 +205,7 @@ def pipeline_files(folder: str) -> List[str]:
     Anything else (checkpoints, latent caches, logs, pickles, stray files) stays local. README.md (the card) is
     written and added by `push_pipeline`."""
     root = Path(folder)
-    index = _read_json(root / "model_index.json")
+    index = read_json(root / "model_index.json")
     if index is None and (root / LORA_WEIGHTS).is_file():  # a LoRA run's folder: the adapter and its records
         return sorted({p.relative_to(root).as_posix() for f in (LORA_WEIGHTS, *RECORD_FILES) for p in root.glob(f)})
     if index is None:

@@ -33,13 +33,13 @@ True
 """
 
 import dataclasses
-import json
 import os
 import shutil
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from .atomic_files import read_json, write_atomically, write_json
 from .evaluation.batches import save_batch
 
 SETTINGS = "settings.json"
@@ -135,27 +135,6 @@ def shard_path(output: str, chunk: int) -> str:
     return os.path.join(shard_folder(output), f"chunk-{chunk:05d}.npz")
 
 
-def _write_atomically(path: str, write) -> None:
-    """`write(file)` into `path.tmp`, then renamed to `path`: a killed run leaves no half-written `path`."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_json(path: str, data: dict) -> None:
-    _write_atomically(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
-
-
-def _read_json(path: str) -> Optional[dict]:
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def _differences(stored: dict, wanted: dict) -> str:
     """The settings that differ, "name: old then new", each value cut to 40 characters (prompt lists are long)."""
 
@@ -223,8 +202,8 @@ def _finished(settings: BatchSettings, output: str) -> bool:
     """Whether `output` is a finished batch of these settings; a `ValueError` when it is some other file."""
     if not os.path.exists(output):
         return False
-    stored = _read_json(f"{output}.json")
-    in_progress = _read_json(os.path.join(shard_folder(output), SETTINGS))
+    stored = read_json(f"{output}.json")
+    in_progress = read_json(os.path.join(shard_folder(output), SETTINGS))
     if stored is None and in_progress == settings.to_json():
         return False  # killed between writing the batch and its settings: assemble again
     if stored == settings.to_json() and os.path.isdir(shard_folder(output)):
@@ -244,7 +223,7 @@ def _finished(settings: BatchSettings, output: str) -> bool:
 def _start_or_resume(settings: BatchSettings, output: str, is_main: bool) -> None:
     """Create the shard folder with `settings.json`, or check that an existing one has the same settings."""
     path = os.path.join(shard_folder(output), SETTINGS)
-    stored = _read_json(path)
+    stored = read_json(path)
     folder = shard_folder(output)
     if stored is None and os.path.isdir(folder) and any(name.startswith("chunk-") for name in os.listdir(folder)):
         raise ValueError(f"{folder} holds shards but no {SETTINGS}: remove the folder to start over.")
@@ -255,7 +234,7 @@ def _start_or_resume(settings: BatchSettings, output: str, is_main: bool) -> Non
         )
     if stored is None and is_main:
         os.makedirs(shard_folder(output), exist_ok=True)
-        _write_json(path, settings.to_json())
+        write_json(path, settings.to_json(), indent=2)
 
 
 def _shard_images(paths: List[str]) -> Iterator[np.ndarray]:
@@ -276,7 +255,7 @@ def assemble(settings: BatchSettings, output: str, num_chunks: int) -> str:
             labels.append(shard["labels"])
     labels = np.concatenate(labels)
     save_batch(output, _shard_images(paths), labels=labels, count=len(labels))
-    _write_json(f"{output}.json", settings.to_json())
+    write_json(f"{output}.json", settings.to_json(), indent=2)
     trash = f"{shard_folder(output)}.removing"  # out of the way first: a kill in rmtree leaves no half folder
     os.replace(shard_folder(output), trash)
     shutil.rmtree(trash)
@@ -327,7 +306,7 @@ def write_sample_batch(settings: BatchSettings, output: str, compile: bool = Fal
     progress = tqdm(total=len(todo), desc=done, disable=not state.is_main_process)
     for k in todo:
         images, labels = sample(chunks[k])
-        _write_atomically(shard_path(output, k), lambda f: np.savez(f, images=images, labels=labels))
+        write_atomically(shard_path(output, k), lambda f: np.savez(f, images=images, labels=labels))
         progress.update()
     progress.close()
 

@@ -26,6 +26,8 @@ from typing import Dict, Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
+from ..atomic_files import write_atomically
+
 IMAGES = "arr_0"
 LABELS = "arr_1"
 STATISTICS = ("mu", "sigma", "mu_s", "sigma_s")
@@ -123,8 +125,13 @@ def save_batch(
         images, count = [images], len(images)
     elif count is None:
         raise ValueError("save_batch needs `count` when the images come in chunks")
-    tmp = f"{path}.tmp"
-    with zipfile.ZipFile(tmp, "w", allowZip64=True) as archive:
+    write_atomically(path, lambda file: _write_archive(file, images, count, labels, statistics))
+    return path
+
+
+def _write_archive(file, images, count, labels, statistics) -> None:
+    """The zip members of `save_batch`: the images streamed chunk by chunk, then the labels and statistics."""
+    with zipfile.ZipFile(file, "w", allowZip64=True) as archive:
         with archive.open(_member(IMAGES), "w", force_zip64=True) as stream:
             written, shape = 0, None
             for chunk in images:
@@ -146,5 +153,3 @@ def save_batch(
         for name, array in arrays.items():
             with archive.open(_member(name), "w", force_zip64=True) as stream:
                 np.lib.format.write_array(stream, np.asarray(array), allow_pickle=False)
-    os.replace(tmp, path)
-    return path

@@ -16,13 +16,13 @@ Precision: 0.8265
 Recall: 0.5309
 """
 
-import json
 import os
 from typing import Dict, Optional
 
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic_files import read_json, write_atomically, write_json
 from .batches import batch_info, iter_images, load_statistics
 from .inception import InceptionOutput, InceptionV3Features
 from .metrics import FeatureStatistics, inception_score, precision_recall
@@ -51,25 +51,18 @@ def batch_features(
     source = {"file": os.path.abspath(path), "bytes": os.path.getsize(path), "mtime": os.path.getmtime(path)}
     source.update(network=inception.fingerprint(), chunk=CACHE_CHUNK)
     source_file = os.path.join(cache_dir, "source.json")
-    stored = None
-    if os.path.exists(source_file):
-        with open(source_file) as f:
-            stored = json.load(f)
-    if stored != source:
+    if read_json(source_file) != source:
         for name in os.listdir(cache_dir):
             if name.startswith("chunk-"):
                 os.remove(os.path.join(cache_dir, name))
-        with open(f"{source_file}.tmp", "w") as f:
-            json.dump(source, f)
-        os.replace(f"{source_file}.tmp", source_file)
+        write_json(source_file, source)
     parts = []
     chunks = iter_images(path, CACHE_CHUNK)
     for index, chunk in enumerate(tqdm(chunks, total=-(-info.count // CACHE_CHUNK), disable=not progress)):
         file = os.path.join(cache_dir, f"chunk-{index:05d}.pt")
         if not os.path.exists(file):
             features = inception.extract(torch.from_numpy(chunk).split(batch_size))
-            torch.save(vars(features), f"{file}.tmp")
-            os.replace(f"{file}.tmp", file)
+            write_atomically(file, lambda f: torch.save(vars(features), f))
         parts.append(InceptionOutput(**torch.load(file, weights_only=True)))
     logits = None if parts[0].logits is None else torch.cat([p.logits for p in parts])
     return InceptionOutput(torch.cat([p.pool for p in parts]), torch.cat([p.spatial for p in parts]), logits)

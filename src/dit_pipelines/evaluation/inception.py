@@ -94,6 +94,7 @@ class InceptionV3Features(torch.nn.Module):
         if logits_weight is not None and tuple(logits_weight.shape) != (LOGITS_DIM, POOL_DIM):
             raise ValueError(f"the logits weight must be ({LOGITS_DIM}, {POOL_DIM}), got {tuple(logits_weight.shape)}")
         self.register_buffer("logits_weight", logits_weight, persistent=False)
+        self._fingerprint: Optional[str] = None  # computed once: the weights are a fixed network's
 
     @classmethod
     def from_pretrained(
@@ -117,14 +118,17 @@ class InceptionV3Features(torch.nn.Module):
         return self.logits_weight is not None
 
     def fingerprint(self) -> str:
-        """A checksum of the weights (network and logits layer): what cached features were computed with."""
+        """A checksum of the weights (network and logits layer): what cached features were computed with. Hashing
+        the 87 MB of weights takes seconds, so it is done on the first call and kept."""
         import hashlib
 
-        digest = hashlib.sha256()
-        tensors = [*self.network.state_dict().values()] + ([self.logits_weight] if self.has_logits else [])
-        for tensor in tensors:
-            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            tensors = [*self.network.state_dict().values()] + ([self.logits_weight] if self.has_logits else [])
+            for tensor in tensors:
+                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) or float (N, 3, H, W) in [0, 255] -> the graph's input: 299x299, (x - 128) / 128."""

@@ -37,6 +37,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..atomic_files import read_json, write_json
+
 logger = logging.getLogger("dit_pipelines.training")
 
 FORMAT_VERSION = 1
@@ -106,7 +108,7 @@ def fill_cache(
         raise ValueError(f"The cache {folder} was written for another configuration: {_difference(found, manifest)}.")
     if found is None or not found.get("complete"):
         if process_index == 0 and found is None:
-            _write_json(os.path.join(folder, "manifest.json"), manifest)
+            write_json(os.path.join(folder, "manifest.json"), manifest, indent=1, sort_keys=True)
         num_shards = math.ceil(num_samples / shard_size)
         kept = written = 0
         mine = range(process_index, num_shards, num_processes)
@@ -129,7 +131,7 @@ def fill_cache(
                 raise RuntimeError(f"Cache {folder}: shards {missing[:5]} were not written by their processes.")
             for leftover in (f for f in os.listdir(folder) if f.endswith(".tmp")):
                 os.remove(os.path.join(folder, leftover))  # partial shards of killed runs
-            _write_json(os.path.join(folder, "manifest.json"), {**manifest, "complete": True})
+            write_json(os.path.join(folder, "manifest.json"), {**manifest, "complete": True}, indent=1, sort_keys=True)
         wait()
     return ShardedCache(folder, key, fields)
 
@@ -308,18 +310,7 @@ def _shard_path(folder: str, shard: int) -> str:
 
 
 def _read_manifest(folder: str) -> Optional[dict]:
-    path = os.path.join(folder, "manifest.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _write_json(path: str, value: dict) -> None:
-    partial = f"{path}.{os.getpid()}.tmp"
-    with open(partial, "w") as f:
-        json.dump(value, f, indent=1, sort_keys=True)
-    os.replace(partial, path)
+    return read_json(os.path.join(folder, "manifest.json"))
 
 
 def _difference(found: dict, wanted: dict) -> str:
