@@ -107,15 +107,7 @@ def main(args) -> dict:
         return results
     if args.pipeline is None:
         raise ValueError("--pipeline is required (unless --references_only)")
-    settings = BatchSettings(
-        args.pipeline,
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        guidance_scale=args.guidance_scale,
-        num_inference_steps=args.num_inference_steps,
-        cache_interval=args.cache_interval,
-    )
+    settings = BatchSettings.from_arguments(args)
     results["settings"] = settings.to_json()
     output = os.path.join(work, f"samples-{args.num_samples}-g{args.guidance_scale}.npz")
     samples = stage("sampling", lambda: write_sample_batch(settings, output, compile=args.compile))

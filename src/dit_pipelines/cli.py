@@ -188,22 +188,9 @@ def sample(args) -> str:
 
 
 def sample_batch(args) -> str:
-    from .sample_batch import BatchSettings, read_prompts, write_sample_batch
+    from .sample_batch import BatchSettings, write_sample_batch
 
-    settings = BatchSettings(
-        args.pipeline,
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        guidance_scale=args.guidance_scale,
-        num_inference_steps=args.num_inference_steps,
-        cache_interval=args.cache_interval,
-        guidance_channels=args.guidance_channels,
-        labels=None if args.labels is None else tuple(args.labels),
-        prompts=None if args.prompts is None else read_prompts(args.prompts),
-        num_frames=args.num_frames,
-    )
-    return write_sample_batch(settings, args.output, compile=args.compile)
+    return write_sample_batch(BatchSettings.from_arguments(args), args.output, compile=args.compile)
 
 
 def convert(args) -> str:

@@ -61,6 +61,17 @@ class BatchSettings:
     prompts: Optional[Tuple[str, ...]] = None  # video pipelines: cycled over the clips
     num_frames: Optional[int] = None  # video pipelines: default the model's sample_frames
 
+    @classmethod
+    def from_arguments(cls, args) -> "BatchSettings":
+        """The settings in parsed command-line arguments named as the fields (those absent take the defaults);
+        `labels` a list, `prompts` the path of a prompts file."""
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+        if given.get("labels") is not None:
+            given["labels"] = tuple(given["labels"])
+        if given.get("prompts") is not None:
+            given["prompts"] = read_prompts(given["prompts"])
+        return cls(**given)
+
     def check(self) -> None:
         """The `ValueError`s for settings that no pipeline can sample."""
         if self.num_samples < 1:
