@@ -1,15 +1,15 @@
-"""`DiTModel.gflops()`: the DiT paper's Table 4 for the 12 presets, and, for every block design, torch's
-`FlopCounterMode` count of a real forward plus what it cannot see (the fused attention kernel, layer norms),
-measured here with hooks on the attention and LayerNorm modules."""
+"""`DiTModel.gflops()`: the DiT paper's Table 4 for the 12 presets; for every block design, a measured forward
+(`measured_flops`: torch's `FlopCounterMode` plus hooks on the attention and norm modules), and each part of the
+count as torch sees it on its own (the attention products under the `_native_math` backend)."""
 
 import pytest
 import torch
+from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 from torch.utils.flop_counter import FlopCounterMode
 
 from dit_pipelines import DIT_PRESETS, DiTModel
 from dit_pipelines.models import BLOCK_TYPES
-from dit_pipelines.models.attention import CrossAttention, SelfAttention
-from dit_pipelines.models.flops import saved_config_gflops
+from dit_pipelines.models.flops import dit_flops, measured_flops, saved_config_gflops
 
 # Peebles & Xie (2023), Table 4: forward Gflops at 256x256 (32x32x4 latents)
 TABLE_4 = {
@@ -43,44 +43,56 @@ def test_cross_attention_costs_about_15_percent_more_at_xl_2():
     assert 1.13 < ratio < 1.18  # the paper: "roughly 15%"
 
 
-def measured_macs(model: DiTModel, height: int, width: int) -> float:
-    """Multiply-accumulates of one forward on one image: FlopCounterMode's count (2 per MAC) of every matmul and
-    convolution, plus the attention products QKᵀ and AV of each attention call (2·T·S·D, which the fused CPU kernel
-    hides from the counter) and fvcore's 4 (5 with affine) per element of each LayerNorm input."""
-    extra = []
+def tiny_model(**overrides) -> DiTModel:
+    torch.manual_seed(0)
+    config = dict(sample_size=16, patch_size=4, in_channels=3, hidden_size=48, depth=3, num_heads=4, num_classes=5)
+    return DiTModel(**{**config, "mlp_ratio": 3.0, **overrides}).eval()
 
-    def attention_hook(module, args, output):
-        queries = args[0]
-        keys = args[1] if isinstance(module, CrossAttention) else queries
-        extra.append(2 * queries.shape[1] * keys.shape[1] * queries.shape[2])
 
-    def norm_hook(module, args, output):
-        extra.append((5 if module.elementwise_affine else 4) * args[0][0].numel())
-
-    handles = [
-        m.register_forward_hook(attention_hook if isinstance(m, (SelfAttention, CrossAttention)) else norm_hook)
-        for m in model.modules()
-        if isinstance(m, (SelfAttention, CrossAttention, torch.nn.LayerNorm))
-    ]
-    x = torch.randn(1, model.config.in_channels, height, width)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, torch.tensor([10]), torch.tensor([1]))
-    for handle in handles:
-        handle.remove()
-    assert extra, "the hooks saw nothing"
-    return counter.get_total_flops() / 2 + sum(extra)
+def forward_inputs(model: DiTModel, height: int, width: int):
+    return torch.randn(1, model.config.in_channels, height, width), torch.tensor([10]), torch.tensor([1])
 
 
 @pytest.mark.parametrize("block_type", BLOCK_TYPES)
 @pytest.mark.parametrize("learn_sigma", [True, False])
-def test_gflops_equal_a_counted_forward(block_type, learn_sigma):
-    torch.manual_seed(0)
-    model = DiTModel(
-        sample_size=16, patch_size=4, in_channels=3, hidden_size=48, depth=3, num_heads=4, num_classes=5,
-        mlp_ratio=3.0, learn_sigma=learn_sigma, block_type=block_type,
-    ).eval()  # fmt: skip
+def test_gflops_equal_a_measured_forward(block_type, learn_sigma):
+    model = tiny_model(learn_sigma=learn_sigma, block_type=block_type)
     for height, width in [(16, 16), (8, 24)]:
-        assert model.gflops(height, width) * 1e9 == pytest.approx(measured_macs(model, height, width), rel=1e-12)
+        inputs = forward_inputs(model, height, width)
+        assert model.gflops(height, width) * 1e9 == pytest.approx(measured_flops(model, *inputs), rel=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:Attention backends are an experimental feature")
+@pytest.mark.parametrize("block_type", BLOCK_TYPES)
+def test_the_counts_torch_sees_without_hooks(block_type, monkeypatch):
+    """The parts of the count by torch's own `FlopCounterMode` (2 per multiply-accumulate): the linear layers under
+    the default fused attention, the attention products too under diffusers' `_native_math` backend (explicit
+    matrix products); the layer norms by their input sizes."""
+    model = tiny_model(block_type=block_type)
+    expected = dit_flops(model.config, 8, 24)
+    inputs = forward_inputs(model, 8, 24)
+
+    def counted():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*inputs)
+        return {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
+
+    fused = counted()
+    assert (fused["aten.addmm"] + fused["aten.convolution"]) / 2 == expected.linear and "aten.bmm" not in fused
+    # set_attention_backend also sets diffusers' process-wide active backend: restored after the test
+    monkeypatch.setattr(_AttentionBackendRegistry, "_active_backend", _AttentionBackendRegistry._active_backend)
+    model.set_attention_backend("_native_math")
+    try:
+        assert counted()["aten.bmm"] / 2 == expected.attention
+        with pytest.raises(ValueError, match="needs the default attention backend"):
+            measured_flops(model, *inputs)
+    finally:
+        model.reset_attention_backend()
+    sizes = []
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)):
+        norm.register_forward_hook(lambda m, args, out: sizes.append((5 if m.elementwise_affine else 4) * out.numel()))
+    model(*inputs)
+    assert sum(sizes) == expected.norm
 
 
 def test_a_grid_the_patches_do_not_divide_is_refused():

@@ -24,6 +24,8 @@ DiT-XL/2 on 32x32x4 latents: 118.69 (Table 4: 118.64); all 12 presets are within
 
 from dataclasses import dataclass
 
+import torch
+
 CONDITIONING_TOKENS = 2  # [t, c]: the cross-attention's context, the in-context design's extra tokens
 TIMESTEP_FEATURES = 256  # the sinusoidal features the timestep MLP reads (`TimestepEmbedder.frequency_dim`)
 
@@ -93,3 +95,51 @@ def saved_config_gflops(stored: dict) -> float:
     defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
     config = SimpleNamespace(**{**defaults, **stored})
     return dit_flops(config, config.sample_size, config.sample_size).total / 1e9
+
+
+def measured_flops(model, *inputs) -> float:
+    """Multiply-accumulates of `model(*inputs)` on a batch of one, counted as `dit_flops` counts, for any model:
+    torch's `FlopCounterMode` for the convolutions and linear layers (halved: it counts 2 per multiply-accumulate),
+    hooks on the attention modules for their products QKᵀ and AV (2·T·S·inner width), which the fused attention
+    kernels hide from the counter, and on the norms (4 per element, 5 with their own scale and shift). Elementwise
+    work (activations, upsampling, residual sums) is not counted, as fvcore leaves the adaLN arithmetic out."""
+    from diffusers.models.attention_processor import Attention
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .attention import CrossAttention, SelfAttention
+
+    extra = []
+
+    def attention_hook(module, args, kwargs, output):
+        queries = args[0] if args else kwargs["hidden_states"]
+        if queries.ndim == 4:  # a U-Net's attention on (N, C, H, W) feature maps
+            queries = queries.flatten(2).transpose(1, 2)
+        keys = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states", kwargs.get("context"))
+        width = module.inner_dim if isinstance(module, Attention) else queries.shape[-1]
+        extra.append(2 * queries.shape[1] * (queries if keys is None else keys).shape[1] * width)
+
+    def norm_hook(module, args, kwargs, output):
+        affine = getattr(module, "elementwise_affine", getattr(module, "affine", False))
+        extra.append((5 if affine else 4) * args[0][0].numel())
+
+    hooks = {SelfAttention: attention_hook, CrossAttention: attention_hook, Attention: attention_hook}
+    hooks.update({torch.nn.LayerNorm: norm_hook, torch.nn.GroupNorm: norm_hook})
+    handles = [
+        module.register_forward_hook(hooks[type(module)], with_kwargs=True)
+        for module in model.modules()
+        if type(module) in hooks
+    ]
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    counted = {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
+    if any(op in counted for op in ("aten.bmm", "aten.baddbmm")):
+        raise ValueError(
+            "measured_flops needs the default attention backend: this one computes the attention products as matrix "
+            "products, which the counter would count beside the hooks (model.reset_attention_backend())."
+        )
+    products = sum(flops for op, flops in counted.items() if "scaled_dot_product" not in op)  # the hooks count those
+    return products / 2 + sum(extra)
