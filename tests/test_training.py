@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
 from safetensors.torch import load_file
 
-from dit_pipelines import DiTImagePipeline, DiTModel
+from dit_pipelines import ClassConditionalUNet, DiTImagePipeline, DiTModel
 from training.train_dit import main, parse_args
 
 from .launching import finish, launch
@@ -98,6 +98,31 @@ def test_the_block_type_reaches_the_saved_model_and_its_gflops_are_reported(bars
     millions = sum(p.numel() for p in model.parameters()) / 1e6
     report = f"DiTModel (in_context): {millions:.2f}M parameters, {model.gflops():.4g} Gflops per image at 8x8"
     assert report in capsys.readouterr().out
+
+
+def test_the_unet_baseline_trains_saves_and_samples_through_the_same_pipeline(bars, tmp_path, capsys):
+    options = "--architecture unet --unet_channels 16 32 --unet_layers_per_block 1 --max_train_steps 3"
+    out = main(parse_args(tiny_args(bars, tmp_path / "unet", *options.split(), "--validation_steps", "3")))
+    pipe = DiffusionPipeline.from_pretrained(out)
+    unet = pipe.transformer
+    assert isinstance(pipe, DiTImagePipeline) and isinstance(unet, ClassConditionalUNet)
+    assert unet.config.block_out_channels == [16, 32] and unet.num_classes == 3 and unet.learn_sigma
+    assert (tmp_path / "unet" / "validation" / "step-3.png").exists()
+    millions = sum(p.numel() for p in unet.parameters()) / 1e6
+    report = f"ClassConditionalUNet: {millions:.2f}M parameters, {unet.gflops():.4g} Gflops per image at 8x8"
+    assert report in capsys.readouterr().out
+    # the raw weights moved (three AdamW steps), the saved ones are the EMA of them
+    raw = load_file(str(tmp_path / "unet" / "checkpoint-3" / "model.safetensors"))
+    initial = ClassConditionalUNet.from_config(unet.config).state_dict()
+    assert any(not torch.equal(raw[k], initial[k]) for k in raw)
+    images = pipe(["v", "d"], guidance_scale=2.0, output_type="np", generator=torch.manual_seed(0)).images
+    assert images.shape == (2, 8, 8, 1)
+    with pytest.raises(ValueError, match="train the U-Net baseline in full"):
+        main(
+            parse_args(
+                tiny_args(bars, tmp_path / "lora", "--architecture", "unet", "--init_from", out, "--lora_rank", "2")
+            )
+        )
 
 
 def test_resume_gives_the_weights_of_an_uninterrupted_run(bars, tmp_path):

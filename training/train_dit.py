@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from diffusers.utils import make_image_grid
 
-from dit_pipelines import DIT_PRESETS, DiTDDPMScheduler, DiTImagePipeline, DiTModel
+from dit_pipelines import DIT_PRESETS, ClassConditionalUNet, DiTDDPMScheduler, DiTImagePipeline, DiTModel
 from dit_pipelines.data import class_names, load_image_dataset
 from dit_pipelines.models import BLOCK_TYPES
 from dit_pipelines.pipelines.saved_layout import transformer_folder
@@ -52,6 +52,20 @@ def parse_args(argv=None):
         "--block_type", default="adaln_zero", choices=BLOCK_TYPES, help="the block design (DiT paper, section 3.2)"
     )
     model.add_argument(
+        "--architecture",
+        default="dit",
+        choices=["dit", "unet"],
+        help="dit, or the U-Net baseline (diffusers' UNet2DModel, ADM-style, sampled by the same pipeline)",
+    )
+    model.add_argument(
+        "--unet_channels",
+        type=int,
+        nargs="+",
+        default=[128, 256, 256],
+        help="--architecture unet: the width of each level (each but the last halves the resolution)",
+    )
+    model.add_argument("--unet_layers_per_block", type=int, default=2, help="--architecture unet: resnets a level")
+    model.add_argument(
         "--learn_sigma",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -69,15 +83,25 @@ def parse_args(argv=None):
     return args
 
 
-def build_model(args, in_channels: int, sample_size: int, num_classes: int) -> DiTModel:
+def build_model(args, in_channels: int, sample_size: int, num_classes: int) -> "DiTModel | ClassConditionalUNet":
+    kind = ClassConditionalUNet if args.architecture == "unet" else DiTModel
     if args.init_from:
-        model = DiTModel.from_pretrained(transformer_folder(args.init_from))
+        model = kind.from_pretrained(transformer_folder(args.init_from))
         if model.config.in_channels != in_channels:
             raise ValueError(
                 f"The model at {args.init_from} takes {model.config.in_channels} input channels, but the data has "
                 f"{in_channels} (the VAE's latent channels, or the image channels without a VAE)."
             )
         return model
+    if args.architecture == "unet":
+        return ClassConditionalUNet.for_images(
+            sample_size,
+            in_channels,
+            num_classes,
+            learn_sigma=args.learn_sigma,
+            block_out_channels=args.unet_channels,
+            layers_per_block=args.unet_layers_per_block,
+        )
     overrides = {k: getattr(args, k) for k in ("hidden_size", "depth", "num_heads", "patch_size") if getattr(args, k)}
     return DiTModel.from_preset(
         args.preset,
@@ -122,6 +146,8 @@ def main(args) -> str:
     data_config, latent_config = from_arguments(ImageDataConfig, args), from_arguments(LatentConfig, args)
     accelerator = make_accelerator(config)
     adapter.check(args.init_from, accelerator)  # before any work
+    if args.architecture == "unet" and adapter.enabled:
+        raise ValueError("--lora_rank adapts a DiT's attention and MLP layers; train the U-Net baseline in full.")
     fid_config = from_arguments(ValidationFIDConfig, args)
     fid_config.check(run.validation_steps)
     measure_fid = ValidationFID(
@@ -135,20 +161,28 @@ def main(args) -> str:
     if args.max_train_samples:
         dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
     names = class_names(dataset, args.label_column)
+    # what the image sides must be multiples of: a DiT's patch size, 2 for each of a U-Net's downsamplings
     patch_size = args.patch_size or DIT_PRESETS[args.preset]["patch_size"]
+    levels = len(args.unet_channels)
     if args.init_from:
-        patch_size = DiTModel.load_config(transformer_folder(args.init_from))["patch_size"]
+        stored = DiTModel.load_config(transformer_folder(args.init_from))
+        patch_size, levels = stored.get("patch_size"), len(stored.get("block_out_channels", ()))
+    if args.architecture == "unet":
+        patch_size = 2 ** (levels - 1)
     data = build_training_images(dataset, data_config, latent_config, vae, patch_size, run.output_dir, accelerator)
     model = build_model(args, data.channels, data.sample_size, len(names))
+    design = f"DiTModel ({model.config.block_type})" if isinstance(model, DiTModel) else type(model).__name__
     accelerator.print(
-        f"DiTModel ({model.config.block_type}): {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        f"{design}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
         f"{model.gflops():.4g} Gflops per image at {data.sample_size}x{data.sample_size}"
     )
     if adapter.enabled:  # LoRA: the pretrained model frozen, adapters trained
         add_lora_adapter(model, adapter)
-    noise_scheduler = noise_scheduler_for(objective, run, model.config.learn_sigma)
+    noise_scheduler = noise_scheduler_for(objective, run, model.learn_sigma)
     # classifier-free guidance: labels dropped to the null class ("no label") at the model's class_dropout_prob
-    null_class, label_dropout_prob = model.config.num_classes, model.config.class_dropout_prob
+    # (a U-Net keeps no label dropout in its config: the run's --class_dropout_prob)
+    label_dropout_prob = getattr(model.config, "class_dropout_prob", args.class_dropout_prob)
+    null_class = model.num_classes
 
     def loss_fn(model, batch):
         x0, labels = data.to_model_input(batch, accelerator.device)

@@ -9,7 +9,7 @@ import sys
 
 import diffusers
 
-from .models import DIT_PRESETS, DiTModel, VideoDiTModel
+from .models import DIT_PRESETS, ClassConditionalUNet, DiTModel, VideoDiTModel
 from .pipelines import DiTImagePipeline, DiTTextToVideoPipeline
 from .schedulers import (
     DiffusionLoss,
@@ -22,6 +22,7 @@ from .schedulers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClassConditionalUNet",
     "DIT_PRESETS",
     "DiTDDIMScheduler",
     "DiTDDPMScheduler",
@@ -43,7 +44,8 @@ def _register_with_diffusers() -> None:
       library visible as `diffusers.pipelines.<name>` is also accepted when loading by Hub repo id
       (diffusers issue #6563).
     """
-    for cls in (DiTModel, VideoDiTModel, DiTDDPMScheduler, DiTDDIMScheduler, DiTImagePipeline, DiTTextToVideoPipeline):
+    models = (DiTModel, VideoDiTModel, ClassConditionalUNet)
+    for cls in (*models, DiTDDPMScheduler, DiTDDIMScheduler, DiTImagePipeline, DiTTextToVideoPipeline):
         cls.__module__ = __name__
     diffusers.DiTImagePipeline = DiTImagePipeline
     diffusers.DiTTextToVideoPipeline = DiTTextToVideoPipeline

@@ -37,6 +37,7 @@ PIPELINES = {
 SAMPLES = ["samples.png", "samples.gif"]  # a picture of samples the run left, when no evaluation names one
 MODEL_KEYS = ["sample_size", "sample_frames", "patch_size", "temporal_patch_size", "in_channels", "hidden_size"]
 MODEL_KEYS += ["depth", "num_heads", "block_type", "attention_layout", "learn_sigma", "conditioning"]
+MODEL_KEYS += ["block_out_channels", "layers_per_block", "num_class_embeds"]  # the U-Net baseline
 SCHEDULER_KEYS = ["timestep_respacing", "variance_type", "prediction_type", "beta_schedule"]
 #: training options that say where the run went, not how it trained
 UNREPORTED = {"output_dir", "push_to_hub", "hub_model_id", "hub_private_repo", "hub_token", "report_to"}
@@ -145,7 +146,7 @@ def model_card(
         ["text_embed_dim", "pooled_text_conditioning"] if text else ["num_classes", "class_dropout_prob"]
     )
     model_rows = [(k, transformer[k]) for k in model_keys if k in transformer]
-    if transformer.get("_class_name") == "DiTModel":
+    if transformer.get("_class_name") in ("DiTModel", "ClassConditionalUNet"):
         gflops = saved_config_gflops(transformer)
         model_rows.append(("Gflops per image (forward, counted as DiT's Table 4)", f"{gflops:.4g}"))
     vae = read_json(root / "vae" / "config.json")

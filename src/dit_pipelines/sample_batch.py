@@ -176,7 +176,7 @@ def load_sampler(settings: BatchSettings):
     if isinstance(pipe, DiTImagePipeline):
         if settings.prompts is not None or settings.num_frames is not None:
             raise ValueError(f"{settings.pipeline} is an image pipeline: --prompts and --num_frames are for video.")
-        num_classes = pipe.transformer.config.num_classes
+        num_classes = pipe.transformer.num_classes
         given = settings.labels or [str(k) for k in range(num_classes)]
         classes = [int(x) if x.isdigit() else pipe.get_label_ids(x)[0] for x in given]
         if any(not 0 <= k < num_classes for k in classes):

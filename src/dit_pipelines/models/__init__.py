@@ -5,9 +5,10 @@ from .dit_blocks import BLOCK_CLASSES, BLOCK_TYPES
 from .dit_transformer import DiTModel
 from .feature_cache import FeatureCache
 from .presets import DIT_PRESETS
+from .unet_baseline import ClassConditionalUNet
 from .video_blocks import VideoDiTBlock
 from .video_dit import VideoDiTModel
 
 register_blocks(*BLOCK_CLASSES.values(), VideoDiTBlock)
 
-__all__ = ["BLOCK_TYPES", "DiTModel", "DIT_PRESETS", "FeatureCache", "VideoDiTModel"]
+__all__ = ["BLOCK_TYPES", "ClassConditionalUNet", "DiTModel", "DIT_PRESETS", "FeatureCache", "VideoDiTModel"]

@@ -128,6 +128,20 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
         return cls(**{**preset_config(name), **overrides})
 
     @property
+    def num_classes(self) -> int:
+        """The classes, the null class not counted (what the pipelines and training read of any denoiser)."""
+        return self.config.num_classes
+
+    @property
+    def learn_sigma(self) -> bool:
+        return self.config.learn_sigma
+
+    @property
+    def input_multiple(self) -> int:
+        """What input heights and widths must be multiples of: the patch size."""
+        return self.config.patch_size
+
+    @property
     def has_null_class(self) -> bool:
         """Whether the class table has the null class used by classifier-free guidance."""
         return self.class_embedder.has_null_class

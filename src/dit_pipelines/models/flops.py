@@ -84,12 +84,20 @@ def dit_flops(config, height: int, width: int) -> FlopCount:
 
 
 def saved_config_gflops(stored: dict) -> float:
-    """Gflops per image, at its `sample_size`, of a `DiTModel` config as saved (`transformer/config.json`); keys
-    it lacks (configs saved before they existed) take `DiTModel`'s defaults. For model cards: no weights loaded."""
+    """Gflops per image, at its `sample_size`, of a `DiTModel` config as saved (`transformer/config.json`; keys it
+    lacks, from configs saved before they existed, take `DiTModel`'s defaults), or of a `ClassConditionalUNet`'s
+    (measured on a model built from it). For model cards: no weights loaded."""
     import inspect
     from types import SimpleNamespace
 
     from .dit_transformer import DiTModel
+    from .unet_baseline import ClassConditionalUNet
+
+    name = stored.get("_class_name")
+    if name == ClassConditionalUNet.__name__:
+        return ClassConditionalUNet.from_config(stored).gflops()
+    if name != DiTModel.__name__:
+        raise ValueError(f"Not a saved DiTModel or ClassConditionalUNet config: _class_name {name}")
 
     parameters = inspect.signature(DiTModel.__init__).parameters.values()
     defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}

@@ -10,7 +10,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 
 from ..latents import unscale_latents, vae_scale_factor
-from ..models import DiTModel
+from ..models import ClassConditionalUNet, DiTModel
 from .denoising import GuidedDenoising
 from .from_diffusers import HUB_ARGUMENTS, diffusers_dit_components, diffusers_dit_model_index
 from .lora import DiTLoraLoaderMixin
@@ -45,7 +45,8 @@ class DiTImagePipeline(GuidedDenoising, DiffusionPipeline, DiTLoraLoaderMixin):
     r"""Class-conditional generation with a Diffusion Transformer (Peebles & Xie, 2023).
 
     Components:
-        transformer ([`DiTModel`]): the class-conditional DiT.
+        transformer ([`DiTModel`]): the class-conditional DiT, or the U-Net baseline (`ClassConditionalUNet`,
+            diffusers' `UNet2DModel` called alike), sampled the same way.
         scheduler: [`DiTDDPMScheduler`] / [`DiTDDIMScheduler`] (learned variances, respacing) or any diffusers
             scheduler (for example `DPMSolverMultistepScheduler`), which is given the prediction channels only
             unless its `variance_type` is a learned one.
@@ -73,7 +74,7 @@ class DiTImagePipeline(GuidedDenoising, DiffusionPipeline, DiTLoraLoaderMixin):
 
     def __init__(
         self,
-        transformer: DiTModel,
+        transformer: "DiTModel | ClassConditionalUNet",
         scheduler,
         vae: Optional[AutoencoderKL] = None,
         id2label: Optional[Dict[Union[int, str], str]] = None,
@@ -126,7 +127,7 @@ class DiTImagePipeline(GuidedDenoising, DiffusionPipeline, DiTLoraLoaderMixin):
         (nested) lists, which are flattened as diffusers' pipelines do. Anything else is a `ValueError`: a float or a
         bool would silently pick another class."""
         ids = [self.get_label_ids(c)[0] if isinstance(c, str) else c for c in _flat_labels(class_labels)]
-        num_classes = self.transformer.config.num_classes
+        num_classes = self.transformer.num_classes
         bad = [i for i in ids if not 0 <= i < num_classes]
         if not ids or bad:
             raise ValueError(f"Class labels must be in [0, {num_classes - 1}], got {ids if not ids else bad}.")
@@ -145,11 +146,13 @@ class DiTImagePipeline(GuidedDenoising, DiffusionPipeline, DiTLoraLoaderMixin):
         generator,
         callback_tensor_inputs,
     ):
-        factor = self.vae_scale_factor * self.transformer.config.patch_size
+        multiple = self.transformer.input_multiple  # a DiT's patch size, a U-Net's downsampling
+        factor = self.vae_scale_factor * multiple
         if height <= 0 or width <= 0 or height % factor or width % factor:
+            unit = "patch size" if isinstance(self.transformer, DiTModel) else "U-Net downsampling"
             raise ValueError(
                 f"height and width must be positive multiples of {factor} (VAE factor {self.vae_scale_factor} x "
-                f"patch size {self.transformer.config.patch_size}), got {height}x{width}."
+                f"{unit} {multiple}), got {height}x{width}."
             )
         if guidance_scale > 1 and not self.transformer.has_null_class:
             raise ValueError(
@@ -263,7 +266,7 @@ class DiTImagePipeline(GuidedDenoising, DiffusionPipeline, DiTLoraLoaderMixin):
         latents = self.denoise(
             shape,
             {"class_labels": labels},
-            {"class_labels": torch.full_like(labels, config.num_classes)},  # the null class
+            {"class_labels": torch.full_like(labels, self.transformer.num_classes)},  # the null class
             guidance_scale=guidance_scale,
             num_inference_steps=num_inference_steps,
             generator=generator,

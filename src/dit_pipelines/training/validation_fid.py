@@ -82,7 +82,7 @@ class ValidationFID:
 
     def samples(self, pipe, seed: int) -> np.ndarray:
         """(N, H, W, 3) uint8: sample i of class i % num_classes, from the noise of (seed, i)."""
-        classes, count = list(range(pipe.transformer.config.num_classes)), self.config.validation_fid_samples
+        classes, count = list(range(pipe.transformer.num_classes)), self.config.validation_fid_samples
         size = self.config.validation_fid_batch_size
         chunks = []
         for start in range(0, count, size):
