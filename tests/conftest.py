@@ -50,6 +50,32 @@ def video_inputs(frames: int = 3):
     return (clips, torch.tensor([3, 900])), {"encoder_hidden_states": text, "encoder_attention_mask": mask}
 
 
+def hybrid_losses(model: torch.nn.Module, steps: int = 15, lr: float = 1e-3) -> tuple:
+    """The hybrid loss of a class-conditional denoiser (1-channel 8x8 inputs, classes 0 and 1) on one fixed batch
+    before and after `steps` AdamW steps on it: two classes of half-lit squares, fixed noise and timesteps."""
+    from dit_pipelines import DiTDDPMScheduler
+
+    scheduler, generator = DiTDDPMScheduler(), torch.Generator().manual_seed(0)
+    x0 = torch.zeros(8, 1, 8, 8)
+    x0[:4, :, :4] = 1.0  # class 0: the top half lit; class 1: the bottom half
+    x0[4:, :, 4:] = 1.0
+    labels = torch.tensor([0] * 4 + [1] * 4)
+    noise = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(0, 1000, (8,), generator=generator)
+
+    def loss():
+        output = model(scheduler.add_noise(x0, noise, t), t, labels).sample
+        return scheduler.training_loss(output, x0, noise, t).loss.mean()
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    first = loss().item()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+    return first, loss().item()
+
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="also run the slow tests (real MNIST, demo runs)")
 

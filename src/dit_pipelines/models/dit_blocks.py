@@ -33,13 +33,15 @@ class DiTBlock(nn.Module):
     """An adaLN-Zero block (DiT §3.2, Fig. 3). `modulation` maps the shared conditioning to shift, scale and gate
     for the attention and the MLP; with its weights zero, the block is the identity."""
 
+    modulation_chunks = 6  # shift, scale and gate, before the attention and before the MLP
+
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, mlp_norm_eps: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = SelfAttention(hidden_size, num_heads)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=mlp_norm_eps)
         self.mlp = MLP(hidden_size, int(hidden_size * mlp_ratio))
-        self.modulation = nn.Linear(hidden_size, 6 * hidden_size)
+        self.modulation = nn.Linear(hidden_size, self.modulation_chunks * hidden_size)
 
     def forward(
         self, hidden_states: torch.Tensor, condition: torch.Tensor, cache: BlockCache = NO_CACHE, index: int = 0
@@ -56,17 +58,11 @@ class DiTBlock(nn.Module):
         return torch.addcmul(x, mlp, gate_mlp)
 
 
-class AdaLNBlock(nn.Module):
+class AdaLNBlock(DiTBlock):
     """An adaLN block: the adaLN-Zero block without its gates α (4D modulation: shift and scale before the attention
-    and before the MLP), initialised like any linear layer rather than to zero."""
+    and before the MLP), initialised like any linear layer rather than to zero (`DiTModel.initialize_weights`)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, mlp_norm_eps: float):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = SelfAttention(hidden_size, num_heads)
-        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=mlp_norm_eps)
-        self.mlp = MLP(hidden_size, int(hidden_size * mlp_ratio))
-        self.modulation = nn.Linear(hidden_size, 4 * hidden_size)
+    modulation_chunks = 4  # shift and scale, before the attention and before the MLP
 
     def forward(
         self, hidden_states: torch.Tensor, condition: torch.Tensor, cache: BlockCache = NO_CACHE, index: int = 0
