@@ -331,7 +331,7 @@ def test_a_non_finite_step_is_skipped_and_the_run_goes_on(tmp_path):
     config = TrainingConfig(optimization=optimization, run=RunConfig(output_dir=str(tmp_path), checkpointing_steps=1))
     calls, states = [], []
 
-    def loss_fn(model, batch):
+    def loss_fn(model, batch, step):
         calls.append(1)
         out = model(batch["x"], torch.full((4,), 500), torch.zeros(4, dtype=torch.long)).sample
         loss = (out - batch["x"].repeat(1, 2, 1, 1)).pow(2).mean((1, 2, 3))

@@ -105,8 +105,8 @@ def first_losses(monkeypatch, parts, output_dir, *extra):
     losses, real_train = [], train_video_dit.train
 
     def recording_train(accelerator, config, model, dataset, loss_fn, *args, **kwargs):
-        def recorded(model, batch):
-            out = loss_fn(model, batch)
+        def recorded(model, batch, step):
+            out = loss_fn(model, batch, step)
             losses.append(out.loss.mean().item())
             return out
 

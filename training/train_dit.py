@@ -38,6 +38,7 @@ from dit_pipelines.training import (
     sampling_scheduler_for,
     train,
 )
+from dit_pipelines.training.masking import masked_diffusion_loss, visible_tokens
 from dit_pipelines.training.validation_fid import ValidationFID, ValidationFIDConfig
 
 
@@ -65,6 +66,29 @@ def parse_args(argv=None):
         help="--architecture unet: the width of each level (each but the last halves the resolution)",
     )
     model.add_argument("--unet_layers_per_block", type=int, default=2, help="--architecture unet: resnets a level")
+    masking = p.add_argument_group("masked training (MaskDiT, Zheng et al. 2023: dit_pipelines.training.masking)")
+    masking.add_argument(
+        "--mask_ratio", type=float, default=0.0, help="the share of patch tokens the encoder drops each step, in [0, 1)"
+    )
+    masking.add_argument(
+        "--decoder_depth",
+        type=int,
+        default=None,
+        help="blocks of the decoder that restores the dropped tokens (default with --mask_ratio > 0: a quarter of the "
+        "encoder's, at least 1, as MaskDiT's 8 for 28; none otherwise)",
+    )
+    masking.add_argument(
+        "--decoder_hidden_size",
+        type=int,
+        default=None,
+        help="the decoder's width (default with --mask_ratio > 0: half the encoder's, as MaskDiT's 512 for 1152)",
+    )
+    masking.add_argument(
+        "--unmask_finetune_steps",
+        type=int,
+        default=0,
+        help="the last N of --max_train_steps train unmasked (ratio 0), closing the gap to sampling",
+    )
     model.add_argument(
         "--learn_sigma",
         action=argparse.BooleanOptionalAction,
@@ -103,6 +127,11 @@ def build_model(args, in_channels: int, sample_size: int, num_classes: int) -> "
             layers_per_block=args.unet_layers_per_block,
         )
     overrides = {k: getattr(args, k) for k in ("hidden_size", "depth", "num_heads", "patch_size") if getattr(args, k)}
+    decoder = {"decoder_depth": args.decoder_depth or 0, "decoder_hidden_size": args.decoder_hidden_size}
+    if args.mask_ratio:  # MaskDiT's proportions: a decoder a quarter as deep and half as wide as the encoder
+        config = {**DIT_PRESETS[args.preset], **overrides}
+        decoder["decoder_depth"] = args.decoder_depth or max(1, config["depth"] // 4)
+        decoder["decoder_hidden_size"] = args.decoder_hidden_size or config["hidden_size"] // 2
     return DiTModel.from_preset(
         args.preset,
         sample_size=sample_size,
@@ -111,8 +140,23 @@ def build_model(args, in_channels: int, sample_size: int, num_classes: int) -> "
         learn_sigma=args.learn_sigma,
         class_dropout_prob=args.class_dropout_prob,
         block_type=args.block_type,
+        **decoder,
         **overrides,
     )
+
+
+def check_masking(args) -> None:
+    """The `ValueError`s of a masked-training request that cannot run, before any work (the token count is checked
+    once the data's size is known)."""
+    if not 0.0 <= args.mask_ratio < 1.0:
+        raise ValueError(f"--mask_ratio must be in [0, 1), got {args.mask_ratio}.")
+    if args.mask_ratio and args.architecture == "unet":
+        raise ValueError("--mask_ratio drops patch tokens of a DiT; the U-Net baseline has none.")
+    if args.unmask_finetune_steps:
+        if not args.mask_ratio:
+            raise ValueError("--unmask_finetune_steps ends a masked run (--mask_ratio > 0) unmasked.")
+        if not args.max_train_steps or args.unmask_finetune_steps > args.max_train_steps:
+            raise ValueError("--unmask_finetune_steps needs --max_train_steps, and at most that many steps.")
 
 
 def sample_grid(pipe, num_classes: int, columns: int, config: TrainingConfig, accelerator, step: int) -> str:
@@ -148,6 +192,7 @@ def main(args) -> str:
     adapter.check(args.init_from, accelerator)  # before any work
     if args.architecture == "unet" and adapter.enabled:
         raise ValueError("--lora_rank adapts a DiT's attention and MLP layers; train the U-Net baseline in full.")
+    check_masking(args)
     fid_config = from_arguments(ValidationFIDConfig, args)
     fid_config.check(run.validation_steps)
     measure_fid = ValidationFID(
@@ -171,6 +216,13 @@ def main(args) -> str:
         patch_size = 2 ** (levels - 1)
     data = build_training_images(dataset, data_config, latent_config, vae, patch_size, run.output_dir, accelerator)
     model = build_model(args, data.channels, data.sample_size, len(names))
+    if args.mask_ratio:
+        if not getattr(model.config, "decoder_depth", 0):
+            raise ValueError(
+                "--mask_ratio needs a model with a decoder (--decoder_depth > 0; --init_from a model "
+                "saved without one cannot train masked)."
+            )
+        visible_tokens((data.sample_size // model.config.patch_size) ** 2, args.mask_ratio)
     design = f"DiTModel ({model.config.block_type})" if isinstance(model, DiTModel) else type(model).__name__
     accelerator.print(
         f"{design}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
@@ -184,11 +236,19 @@ def main(args) -> str:
     label_dropout_prob = getattr(model.config, "class_dropout_prob", args.class_dropout_prob)
     null_class = model.num_classes
 
-    def loss_fn(model, batch):
+    unmasked_from = (config.optimization.max_train_steps or 0) - args.unmask_finetune_steps
+
+    def loss_fn(model, batch, step):
         x0, labels = data.to_model_input(batch, accelerator.device)
         noise = torch.randn_like(x0)
         t = torch.randint(0, objective.num_train_timesteps, (x0.shape[0],), device=x0.device)
         labels = drop_labels(labels, torch.rand(len(labels), device=labels.device), label_dropout_prob, null_class)
+        if args.mask_ratio:  # MaskDiT; its last --unmask_finetune_steps see every token
+            ratio = args.mask_ratio if step < unmasked_from else 0.0
+            patch = accelerator.unwrap_model(model).config.patch_size
+            return masked_diffusion_loss(
+                model, noise_scheduler, x0, noise, t, labels, ratio, objective.vlb_weight, patch_size=patch
+            )
         output = model(noise_scheduler.add_noise(x0, noise, t), t, labels).sample
         return noise_scheduler.training_loss(output.float(), x0, noise, t, vlb_weight=objective.vlb_weight)
 

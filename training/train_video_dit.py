@@ -215,7 +215,7 @@ def main(args) -> str:
         ).sample
         return noise_scheduler.training_loss(output.float(), x0, noise, t, vlb_weight=objective.vlb_weight)
 
-    def loss_fn(model, batch):
+    def loss_fn(model, batch, step):
         x0 = clips.to_model_input(batch, device)
         captions = batch["caption"]
         losses = diffusion_loss(model, x0, captions, batch.get("caption_parts") or [[] for _ in captions])

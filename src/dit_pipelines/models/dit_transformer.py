@@ -63,6 +63,12 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
             LayerNorm otherwise; it starts at zero in all four. Conversion from and to the original DiT and
             diffusers' `DiTTransformer2DModel`, feature caching's gates and context parallelism's token split are
             the adaLN-Zero model's (context parallelism refuses `"in_context"`, whose two extra tokens do not split).
+        decoder_depth (`int`, defaults to 0): blocks of a MaskDiT decoder (Zheng et al., 2023) after the `depth`
+            encoder blocks, for masked training: `forward(..., keep_indices=...)` runs the encoder on the kept patch
+            tokens only, and the decoder fills the dropped ones with a learned mask token, adds its own positions and
+            restores the full sequence. It runs at sampling too, on every token. 0: no decoder (the DiT of the paper).
+        decoder_hidden_size (`int`, *optional*): the decoder's width (MaskDiT's is narrower than its encoder); the
+            encoder's by default. A bridge (norm, modulation, linear map) leads from the encoder's width to it.
 
     Example:
         >>> import torch
@@ -96,6 +102,8 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
         timestep_freq_shift: float = 0.0,
         mlp_norm_eps: float = 1e-6,
         block_type: str = "adaln_zero",
+        decoder_depth: int = 0,
+        decoder_hidden_size: Optional[int] = None,
     ):
         super().__init__()
         block = block_class(block_type)  # a ValueError for an unknown design
@@ -105,6 +113,11 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
             raise ValueError(f"sample_size ({sample_size}) must be divisible by patch_size ({patch_size}).")
         if hidden_size % 4:
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by 4 for the 2D sin-cos positions.")
+        decoder_width = decoder_hidden_size or hidden_size
+        if decoder_depth and (decoder_width % num_heads or decoder_width % 4):
+            raise ValueError(
+                f"decoder_hidden_size ({decoder_width}) must be divisible by num_heads ({num_heads}) and by 4."
+            )
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.gradient_checkpointing = False
 
@@ -118,7 +131,18 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
         self.class_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         self.blocks = nn.ModuleList(block(hidden_size, num_heads, mlp_ratio, mlp_norm_eps) for _ in range(depth))
         adaptive = block_type in ("adaln_zero", "adaln")
-        self.final_layer = FinalLayer(hidden_size, patch_size * patch_size * self.out_channels, adaptive=adaptive)
+        if decoder_depth:  # MaskDiT: bridge, mask token, decoder blocks (`restore_tokens`)
+            self.decoder_embed = FinalLayer(hidden_size, decoder_width, adaptive=adaptive)
+            # the decoder's blocks read the condition at their width (the in-context tokens cross the bridge)
+            projected = decoder_width != hidden_size and block_type != "in_context"
+            self.decoder_condition = nn.Linear(hidden_size, decoder_width) if projected else None
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))
+            self.decoder_blocks = nn.ModuleList(
+                block(decoder_width, num_heads, mlp_ratio, mlp_norm_eps) for _ in range(decoder_depth)
+            )
+        else:
+            self.decoder_blocks = nn.ModuleList()
+        self.final_layer = FinalLayer(decoder_width, patch_size * patch_size * self.out_channels, adaptive=adaptive)
         self.initialize_weights()
 
     @classmethod
@@ -149,18 +173,22 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
     def attention_identifiers(self) -> dict:
         """Every block's self-attention is spatial; the cross-attention design's attends to [t, c] (for
         PyramidAttentionBroadcast and FasterCache, `DiTCacheMixin`)."""
-        return {"spatial": [r"^blocks\.\d+\.attn$"], "temporal": [], "cross": [r"^blocks\.\d+\.cross_attn$"]}
+        blocks = r"^(decoder_)?blocks\.\d+"  # the encoder's and a MaskDiT decoder's
+        return {"spatial": [blocks + r"\.attn$"], "temporal": [], "cross": [blocks + r"\.cross_attn$"]}
 
     def initialize_weights(self) -> None:
         """DiT initialisation (Peebles & Xie, §3.2): see `initialize_dit_weights`. The output is exactly zero; with
         adaLN-Zero blocks every block is the identity too (their modulation is zero)."""
         mlp = self.timestep_embedder.mlp
-        zero = [self.final_layer.linear] + ([self.final_layer.modulation] if self.final_layer.adaptive else [])
+        final_layers = [self.final_layer] + ([self.decoder_embed] if self.decoder_blocks else [])
+        zero = [self.final_layer.linear] + [layer.modulation for layer in final_layers if layer.adaptive]
         if self.config.block_type == "adaln_zero":
-            zero += [block.modulation for block in self.blocks]
+            zero += [block.modulation for block in [*self.blocks, *self.decoder_blocks]]
         initialize_dit_weights(
             self, self.patch_embed, normal=[self.class_embedder.embedding_table, mlp[0], mlp[2]], zero=zero
         )
+        if self.decoder_blocks:
+            nn.init.normal_(self.mask_token, std=0.02)  # as MAE's
 
     def gflops(self, height: Optional[int] = None, width: Optional[int] = None) -> float:
         """Forward Gflops per image on `height` x `width` inputs (default `sample_size` square), counted as the DiT
@@ -178,6 +206,8 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
                 "Context parallelism needs a block_type other than 'in_context' (its two conditioning "
                 "tokens would be split across processes with the patch tokens)."
             )
+        if self.config.decoder_depth:
+            raise ValueError("Context parallelism does not split a model with a MaskDiT decoder (decoder_depth > 0).")
         return DIT_CP_PLAN
 
     def enable_parallelism(self, *, config, cp_plan=None):
@@ -210,11 +240,14 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
         class_labels: torch.Tensor,
         return_dict: bool = True,
         feature_cache: Optional[FeatureCache] = None,
+        keep_indices: Optional[torch.Tensor] = None,
     ) -> Union[Transformer2DModelOutput, tuple]:
         """Predict from noisy latents `hidden_states` (N, C, H, W) at `timestep` (scalar or (N,)) for `class_labels`
         (N,) (index `num_classes` is the null class). Returns (N, C_out, H, W) in a `Transformer2DModelOutput`, or a
         1-tuple if `return_dict=False`. `feature_cache` (a `FeatureCache`, one per sampling run) lets the blocks
-        reuse their attention and MLP outputs of an earlier call (FORA); without it every call is exact."""
+        reuse their attention and MLP outputs of an earlier call (FORA); without it every call is exact.
+        `keep_indices` (N, K) (masked training, `dit_pipelines.training.masking`): the patch tokens (row-major) the
+        encoder sees; the decoder restores the others. Needs `decoder_depth` > 0."""
         sample = hidden_states
         n, _, height, width = sample.shape
         p = self.config.patch_size
@@ -223,22 +256,20 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
         grid_h, grid_w = height // p, width // p
         timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(n)
 
+        if keep_indices is not None and not self.decoder_blocks:
+            raise ValueError("keep_indices (masked training) needs a model with a decoder (decoder_depth > 0).")
+
         x = self.patch_embed(sample).flatten(2).transpose(1, 2)  # (N, T, D), T = grid_h * grid_w
         x = x + self.positions(grid_h, grid_w).to(x.dtype)
+        if keep_indices is not None:  # MaskDiT: positions are added first, so the kept tokens keep theirs
+            x = x.gather(1, keep_indices[..., None].expand(-1, -1, x.shape[-1]))
         c = self.condition(timestep, class_labels).to(x.dtype)  # (N, D), or (N, 2, D) for the non-adaLN designs
-        tokens = x.shape[1]
-        in_context = self.config.block_type == "in_context"
-        if in_context:
-            x, c = torch.cat([x, c], dim=1), None  # the two conditioning tokens join the patch tokens
         cache = cache_for_forward(feature_cache)
         cache.start_call(tuple(sample.shape))
-        for index, block in enumerate(self.blocks):
-            if torch.is_grad_enabled() and self.gradient_checkpointing:
-                x = self._gradient_checkpointing_func(block, x, c)
-            else:
-                x = block(x, c, cache, index)
-        if in_context:
-            x = x[:, :tokens]  # dropped after the last block
+        x = self._run_blocks(self.blocks, x, c, cache)
+        if self.decoder_blocks:
+            x, c = self.restore_tokens(x, c, keep_indices, grid_h, grid_w)
+            x = self._run_blocks(self.decoder_blocks, x, c, cache, first_index=len(self.blocks))
         x = self.final_layer(x, c if self.final_layer.adaptive else None)  # (N, T, p*p*C_out)
 
         # Unpatchify: (N, h, w, p, q, C) -> (N, C, h*p, w*q).
@@ -247,3 +278,34 @@ class DiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
         if not return_dict:
             return (output,)
         return Transformer2DModelOutput(sample=output)
+
+    def _run_blocks(self, blocks, x, c, cache, first_index: int = 0) -> torch.Tensor:
+        """`blocks` on the tokens `x` with the condition `c`; the in-context design carries `c` as two more tokens,
+        appended here and dropped after the last block."""
+        tokens = x.shape[1]
+        in_context = self.config.block_type == "in_context"
+        if in_context:
+            x, c = torch.cat([x, c], dim=1), None  # the two conditioning tokens join the patch tokens
+        for index, block in enumerate(blocks, start=first_index):
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                x = self._gradient_checkpointing_func(block, x, c)
+            else:
+                x = block(x, c, cache, index)
+        return x[:, :tokens] if in_context else x
+
+    def restore_tokens(self, x, c, keep_indices, grid_height: int, grid_width: int):
+        """The MaskDiT decoder's input: the encoder's tokens `x` (N, K, D) through the bridge to the decoder's width,
+        put back at `keep_indices` among T = `grid_height` x `grid_width` learned mask tokens (all T kept when
+        `keep_indices` is None), plus the decoder's own sin-cos positions. Returns the tokens (N, T, D_dec) and the
+        condition `c` at the decoder's width."""
+        adaptive = self.final_layer.adaptive
+        x = self.decoder_embed(x, c if adaptive else None)
+        if self.decoder_condition is not None:
+            c = self.decoder_condition(c)
+        elif not adaptive and self.config.block_type == "in_context":
+            c = self.decoder_embed(c)  # the in-context tokens cross the bridge as the patch tokens do
+        if keep_indices is not None:
+            full = self.mask_token.to(x.dtype).expand(x.shape[0], grid_height * grid_width, -1)
+            x = full.scatter(1, keep_indices[..., None].expand(-1, -1, x.shape[-1]), x)
+        table = sincos_2d(x.shape[-1], grid_height, grid_width)[None].to(x.device, x.dtype)
+        return x + table, c

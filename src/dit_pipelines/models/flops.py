@@ -46,16 +46,48 @@ class FlopCount:
 
 def dit_flops(config, height: int, width: int) -> FlopCount:
     """The `FlopCount` of a `DiTModel` with `config` on one `height` x `width` input (model pixels: latents for a
-    latent model); see the module docstring for what is counted."""
+    latent model), every patch token seen (as at sampling); see the module docstring for what is counted. A MaskDiT
+    decoder (`decoder_depth`) adds its bridge, its condition map and its blocks at its width."""
     p, d, block_type = config.patch_size, config.hidden_size, config.block_type
     if height % p or width % p:
         raise ValueError(f"Height and width ({height}x{width}) must be divisible by the patch size {p}.")
     patches = (height // p) * (width // p)
-    tokens = patches + CONDITIONING_TOKENS if block_type == "in_context" else patches
     out_channels = 2 * config.in_channels if config.learn_sigma else config.in_channels
     adaptive = block_type in ("adaln_zero", "adaln")
-    mlp_width = int(d * config.mlp_ratio)
+    per_element = 4 if adaptive else 5  # fvcore: 5 for a layer norm with its own scale and shift
+    decoder_depth = getattr(config, "decoder_depth", 0)
+    decoder_width = (getattr(config, "decoder_hidden_size", None) or d) if decoder_depth else d
 
+    encoder = _blocks_flops(config, d, patches, config.depth)
+    ends = FlopCount(
+        linear=patches * p * p * config.in_channels * d  # patch embedding
+        + TIMESTEP_FEATURES * d
+        + d * d  # timestep MLP
+        + patches * decoder_width * p * p * out_channels  # final linear layer
+        + (2 * decoder_width * decoder_width if adaptive else 0),  # the final adaLN map
+        attention=0,
+        norm=per_element * decoder_width * patches,  # the final layer's norm
+    )
+    if not decoder_depth:
+        return _sum(encoder, ends)
+    # the bridge (norm, adaLN map, linear map to the decoder's width), then the condition at the decoder's width
+    bridged = patches + (CONDITIONING_TOKENS if block_type == "in_context" else 0)
+    condition = 0
+    if decoder_width != d and block_type != "in_context":
+        condition = (CONDITIONING_TOKENS if block_type == "cross_attention" else 1) * d * decoder_width
+    bridge = FlopCount(
+        linear=bridged * d * decoder_width + (2 * d * d if adaptive else 0) + condition,
+        attention=0,
+        norm=per_element * d * bridged,
+    )
+    return _sum(encoder, ends, bridge, _blocks_flops(config, decoder_width, patches, decoder_depth))
+
+
+def _blocks_flops(config, d: int, patches: int, depth: int) -> FlopCount:
+    """`depth` blocks of `config.block_type` at width `d` over `patches` patch tokens."""
+    block_type = config.block_type
+    tokens = patches + CONDITIONING_TOKENS if block_type == "in_context" else patches
+    mlp_width = int(d * config.mlp_ratio)
     block = 4 * tokens * d * d + 2 * tokens * d * mlp_width
     attention = 2 * tokens * tokens * d
     norms_per_block = 2
@@ -67,20 +99,12 @@ def dit_flops(config, height: int, width: int) -> FlopCount:
         block += 2 * tokens * d * d + 2 * CONDITIONING_TOKENS * d * d
         attention += 2 * tokens * CONDITIONING_TOKENS * d
         norms_per_block = 3
-    per_element = 4 if adaptive else 5  # fvcore: 5 for a layer norm with its own scale and shift
+    per_element = 4 if block_type in ("adaln_zero", "adaln") else 5
+    return FlopCount(depth * block, depth * attention, per_element * d * depth * norms_per_block * tokens)
 
-    ends = (
-        patches * p * p * config.in_channels * d  # patch embedding
-        + TIMESTEP_FEATURES * d
-        + d * d  # timestep MLP
-        + patches * d * p * p * out_channels  # final linear layer
-        + (2 * d * d if adaptive else 0)  # final adaLN map
-    )
-    return FlopCount(
-        linear=config.depth * block + ends,
-        attention=config.depth * attention,
-        norm=per_element * d * (config.depth * norms_per_block * tokens + patches),
-    )
+
+def _sum(*counts: FlopCount) -> FlopCount:
+    return FlopCount(*(sum(getattr(c, f) for c in counts) for f in ("linear", "attention", "norm")))
 
 
 def saved_config_gflops(stored: dict) -> float:

@@ -19,6 +19,7 @@ class DiffusionLoss:
     vlb: Optional[torch.Tensor] = (
         None  # L_t of the variational bound, in bits per dimension (None: no learned variance)
     )
+    mae: Optional[torch.Tensor] = None  # masked training's reconstruction term (`training.masking`), unweighted
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
