@@ -36,19 +36,23 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def step_function(model, ratio: float, batch_size: int):
-    """One optimisation step of `model` at mask `ratio` on random digits-shaped data, with the training loop's
-    optimizer (AdamW, fused on the CPU)."""
+def step_function(model, ratio: float, batch_size: int, sample_size: int = 28):
+    """One optimisation step of `model` at mask `ratio` on random 1-channel `sample_size`² data in 10 classes, with
+    the training loop's optimizer (AdamW, fused on the CPU). `benchmarks/scaling.py` times its runs with it too."""
     scheduler = DiTDDPMScheduler(variance_type="learned_range")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     generator = torch.Generator().manual_seed(0)
-    x0 = torch.randn(batch_size, 1, 28, 28, generator=generator)
+    x0 = torch.randn(batch_size, 1, sample_size, sample_size, generator=generator)
     labels = torch.randint(0, 10, (batch_size,), generator=generator)
 
     def step():
         noise = torch.randn_like(x0)
         t = torch.randint(0, 1000, (batch_size,))
-        loss = masked_diffusion_loss(model, scheduler, x0, noise, t, labels, ratio).loss.mean()
+        if ratio:
+            loss = masked_diffusion_loss(model, scheduler, x0, noise, t, labels, ratio).loss.mean()
+        else:  # what train_dit.py does unmasked (any denoiser: a DiT, the U-Net baseline)
+            output = model(scheduler.add_noise(x0, noise, t), t, labels).sample
+            loss = scheduler.training_loss(output, x0, noise, t).loss.mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -51,7 +51,7 @@ def test_the_non_adaptive_designs_condition_through_the_sequence_t_c(tiny_dit):
         expected = torch.stack([model.timestep_embedder(t), model.class_embedder(y)], dim=1)
         torch.testing.assert_close(condition, expected, rtol=0, atol=0)
         assert not model.final_layer.adaptive and model.final_layer.modulation is None
-    assert model.attention_identifiers()["cross"] == [r"^blocks\.\d+\.cross_attn$"]
+    assert model.attention_identifiers()["cross"] == [r"^(decoder_)?blocks\.\d+\.cross_attn$"]
 
 
 def test_in_context_tokens_are_dropped_after_the_last_block(tiny_dit):
