@@ -19,6 +19,7 @@ from diffusers.utils import make_image_grid
 from dit_pipelines import DIT_PRESETS, ClassConditionalUNet, DiTDDPMScheduler, DiTImagePipeline, DiTModel
 from dit_pipelines.data import class_names, load_image_dataset
 from dit_pipelines.models import BLOCK_TYPES
+from dit_pipelines.models.unet_baseline import unet_input_multiple
 from dit_pipelines.pipelines.saved_layout import transformer_folder
 from dit_pipelines.training import (
     AdapterConfig,
@@ -213,7 +214,7 @@ def main(args) -> str:
         stored = DiTModel.load_config(transformer_folder(args.init_from))
         patch_size, levels = stored.get("patch_size"), len(stored.get("block_out_channels", ()))
     if args.architecture == "unet":
-        patch_size = 2 ** (levels - 1)
+        patch_size = unet_input_multiple(levels)
     data = build_training_images(dataset, data_config, latent_config, vae, patch_size, run.output_dir, accelerator)
     model = build_model(args, data.channels, data.sample_size, len(names))
     if args.mask_ratio:

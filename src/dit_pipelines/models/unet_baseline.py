@@ -23,6 +23,12 @@ from diffusers import UNet2DModel
 from .flops import measured_flops
 
 
+def unet_input_multiple(levels: int) -> int:
+    """What input heights and widths a U-Net of `levels` levels needs them to be multiples of: 2 for each
+    downsampling (every level but the last)."""
+    return 2 ** (levels - 1)
+
+
 class ClassConditionalUNet(UNet2DModel):
     """diffusers' `UNet2DModel`, class-conditional, with learned sigma, called as a `DiTModel`; build one with
     `for_images`."""
@@ -43,9 +49,10 @@ class ClassConditionalUNet(UNet2DModel):
         last halving the resolution), self-attention at every level but the first and in the middle block, as ADM
         attends at the lower resolutions only; `norm_num_groups` defaults to 32, or fewer where the widths ask."""
         levels = len(block_out_channels)
-        if sample_size % 2 ** (levels - 1):
+        multiple = unet_input_multiple(levels)
+        if sample_size % multiple:
             raise ValueError(
-                f"sample_size {sample_size} must be divisible by {2 ** (levels - 1)} for {levels} U-Net levels "
+                f"sample_size {sample_size} must be divisible by {multiple} for {levels} U-Net levels "
                 f"(block_out_channels={tuple(block_out_channels)}); use fewer levels."
             )
         groups = norm_num_groups or next(g for g in (32, 16, 8, 4, 2, 1) if all(c % g == 0 for c in block_out_channels))
@@ -78,7 +85,7 @@ class ClassConditionalUNet(UNet2DModel):
     @property
     def input_multiple(self) -> int:
         """What heights and widths must be multiples of: 2 for each downsampling."""
-        return 2 ** (len(self.config.block_out_channels) - 1)
+        return unet_input_multiple(len(self.config.block_out_channels))
 
     def forward(
         self,
