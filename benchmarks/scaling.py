@@ -7,25 +7,27 @@ over training (Fig. 5), the U-Net baseline at matched Gflops, and masked trainin
     python benchmarks/scaling.py --plots_only              # redraw the plots from the JSON
 
 Every run is `training/train_dit.py` on the MNIST digits (28x28, pixel space) with the demo's recipe (AdamW 2e-3
-with warm-up, EMA 0.9995 with warm-up, batch 64, learned sigma, the hybrid loss). Its number of steps is what its
-model does in `--budget_minutes` (times the run's budget multiple): each model's step is timed before its run
+with warm-up, EMA 0.9995 with warm-up, learned sigma, the hybrid loss) at batch 32, for more steps in the budget.
+Its number of steps is what its model does in `--budget_minutes` (times the run's budget multiple): each model's
+step is timed before its run
 (`benchmarks/masked_training.step_function`, the training step on random data), so every run costs about the same
 CPU time and bigger models take fewer steps. Runs evaluated at several points of their training are trained in
 stages that resume from the previous stage's checkpoint (exact resume: the same weights as one run).
 
 Each evaluation samples `--samples_per_class` digits of each class from the saved pipeline (EMA weights;
-`--num_inference_steps` DDPM steps with the learned variance, no guidance, as the paper's Fig. 2) and measures:
-class accuracy and the Fréchet distance in the features of an MNIST classifier (`examples/mnist/classifier.py`),
-and the FID in Inception features against the 10,000 MNIST test digits (the features of `examples.mnist.
+`--num_inference_steps` DDPM steps with the learned variance, guidance `--guidance_scale` 4 as the demo's grids:
+the paper's Fig. 2 has none, but these short runs show their classes only with it) and measures: class accuracy
+and the Fréchet distance in the features of an MNIST classifier (`examples/mnist/classifier.py`), and at the end
+of each run the FID in Inception features against the 10,000 MNIST test digits (the features of `examples.mnist.
 inception_fid`'s cache when it is there: 23 minutes to compute otherwise). FID from a few hundred samples is biased
 upwards: compare the runs with one another, not with published figures.
 
-Groups (names as in the JSON and plots; "M/4" is width 96, 6 blocks, 4x4 patches):
-- `scale`: sizes S (width 64, 4 blocks), M (96, 6), L (128, 8) x patches 7, 4, 2 (16, 49, 196 tokens);
-- `designs`: M/4 with each of the four block designs, evaluated at 4 points of training;
-- `unet`: the U-Net baseline (`--architecture unet`, widths 24-48-48, 2 resnets a level) at M/2's Gflops;
-- `masked`: M/4 with `--mask_ratio 0.5` (the default decoder, 5% unmasked fine-tuning) at 1x and 2x the budget,
-  against M/4 unmasked at the same two budgets.
+Groups (names as in the JSON and plots; "S/4" is width 64, 6 blocks, 4x4 patches: the MNIST demo's model):
+- `scale`: sizes S (width 64, 6 blocks) and M (96, 8) x patches 7, 4, 2 (16, 49, 196 tokens);
+- `designs`: S/4 with each of the four block designs, evaluated at 4 points of training;
+- `unet`: the U-Net baseline (`--architecture unet`, widths 16-32-32, 2 resnets a level) at S/2's Gflops;
+- `masked`: S/4 with `--mask_ratio 0.5` (the default decoder, 5% unmasked fine-tuning) at 1x and 2x the budget,
+  against S/4 unmasked at the same two budgets.
 Results: `--output` (JSON, rewritten after every evaluation; a rerun skips what it holds) and PNG plots beside it.
 """
 
@@ -50,13 +52,14 @@ from examples.mnist.classifier import accuracy, features, load_classifier, mnist
 from examples.mnist.mnist_data import mnist_folder  # noqa: E402
 from examples.mnist.sample_quality import generate  # noqa: E402
 
-SIZES = {"S": (64, 4, 2), "M": (96, 6, 3), "L": (128, 8, 4)}  # width, depth, heads
+SIZES = {"S": (64, 6, 2), "M": (96, 8, 3)}  # width, depth, heads (S: the MNIST demo's model)
 PATCHES = (7, 4, 2)
 RECIPE = (
-    "--train_batch_size 64 --learning_rate 2e-3 --lr_scheduler constant_with_warmup --lr_warmup_steps 100 "
+    "--train_batch_size 32 --learning_rate 2e-3 --lr_scheduler constant_with_warmup --lr_warmup_steps 100 "
     "--ema_decay 0.9995 --ema_warmup --sampling_respacing 250 --checkpoints_total_limit 1"
 ).split()
-UNET = "--architecture unet --unet_channels 24 48 48 --unet_layers_per_block 2".split()  # 0.176 Gflops: M/2's
+UNET = "--architecture unet --unet_channels 16 32 32 --unet_layers_per_block 2".split()  # 0.0879 Gflops: S/2's
+BATCH = int(RECIPE[RECIPE.index("--train_batch_size") + 1])
 MASK_RATIO = 0.5
 FINETUNE_SHARE = 0.05  # MaskDiT: the unmasked fine-tuning is a few percent of the steps
 
@@ -77,21 +80,22 @@ def dit(size: str, patch: int, *extra: str) -> List[str]:
 
 
 def study() -> List[Run]:
-    runs = [Run(f"{s}/{p}", "scale", dit(s, p), stages=4 if (s, p) == ("M", 4) else 2) for s in SIZES for p in PATCHES]
+    runs = [Run(f"{s}/{p}", "scale", dit(s, p), stages=4 if (s, p) == ("S", 4) else 2) for s in SIZES for p in PATCHES]
     for design in ("adaln", "cross_attention", "in_context"):
-        runs.append(Run(f"M/4 {design}", "designs", dit("M", 4, "--block_type", design), stages=4))
+        runs.append(Run(f"S/4 {design}", "designs", dit("S", 4, "--block_type", design), stages=4))
     runs.append(Run("U-Net", "unet", UNET))
-    masked = dit("M", 4, "--mask_ratio", str(MASK_RATIO))
-    runs.append(Run("M/4 masked", "masked", masked, stages=1, mask_ratio=MASK_RATIO))
-    runs.append(Run("M/4 masked 2x", "masked", masked, budget=2.0, stages=1, mask_ratio=MASK_RATIO))
-    runs.append(Run("M/4 2x", "masked", dit("M", 4), budget=2.0, stages=1))
+    masked = dit("S", 4, "--mask_ratio", str(MASK_RATIO))
+    runs.append(Run("S/4 masked", "masked", masked, stages=1, mask_ratio=MASK_RATIO))
+    runs.append(Run("S/4 masked 2x", "masked", masked, budget=2.0, stages=1, mask_ratio=MASK_RATIO))
+    runs.append(Run("S/4 2x", "masked", dit("S", 4), budget=2.0, stages=1))
     return runs
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--groups", nargs="+", default=["scale", "designs", "unet", "masked"])
-    p.add_argument("--budget_minutes", type=float, default=1.5, help="training time of a run (before evaluation)")
+    p.add_argument("--budget_minutes", type=float, default=3.0, help="training time of a run (before evaluation)")
+    p.add_argument("--guidance_scale", type=float, default=4.0, help="of the evaluation samples")
     p.add_argument("--samples_per_class", type=int, default=25)
     p.add_argument("--num_inference_steps", type=int, default=50)
     p.add_argument("--work_dir", default=None, help="the runs' folders (default: <cache>/scaling)")
@@ -115,13 +119,13 @@ def train_arguments(run: Run, output_dir: str, steps: int, stage_steps: int, see
 
 
 def seconds_per_step(run: Run, rounds: int = 3, steps: int = 3) -> float:
-    """The median time of a training step of `run`'s model (batch 64, random data)."""
+    """The median time of a training step of `run`'s model (at the recipe's batch, random data)."""
     from training.train_dit import build_model
     from training.train_dit import parse_args as train_args
 
     args = train_args(["--dataset", "unused", *RECIPE, *run.options])
     torch.manual_seed(0)
-    step = step_function(build_model(args, 1, 28, 10), run.mask_ratio, 64)
+    step = step_function(build_model(args, 1, 28, 10), run.mask_ratio, args.train_batch_size)
     step()
     times = []
     for _ in range(rounds):
@@ -153,14 +157,14 @@ class Evaluator:
         self.reference = FeatureStatistics.of(reference.pool)
         self.statistics = FeatureStatistics
 
-    def __call__(self, pipeline_dir: str) -> Dict:
+    def __call__(self, pipeline_dir: str, fid: bool = True) -> Dict:
         from diffusers import DiffusionPipeline
 
         pipe = DiffusionPipeline.from_pretrained(pipeline_dir)
         pipe.set_progress_bar_config(disable=True)
         settings = SimpleNamespace(
             batch_size=125,
-            guidance_scale=1.0,
+            guidance_scale=self.args.guidance_scale,
             guidance_interval=None,
             cache_interval=None,
             num_inference_steps=self.args.num_inference_steps,
@@ -169,12 +173,16 @@ class Evaluator:
         start = time.perf_counter()
         samples, labels = generate(pipe, self.args.samples_per_class, settings)
         sampling = time.perf_counter() - start
-        digits = (samples * 255).round().to(torch.uint8).permute(0, 2, 3, 1).repeat(1, 1, 1, 3)
-        pool = self.inception.extract(digits.split(25)).pool
-        return {
+        measures = {
             "class_accuracy": accuracy(self.classifier, samples, labels),
             "frechet_distance": self.frechet_distance(features(self.classifier, samples), self.test_features),
-            "fid": self.statistics.of(pool).frechet_distance(self.reference),
+        }
+        if fid:
+            digits = (samples * 255).round().to(torch.uint8).permute(0, 2, 3, 1).repeat(1, 1, 1, 3)
+            pool = self.inception.extract(digits.split(25)).pool
+            measures["fid"] = self.statistics.of(pool).frechet_distance(self.reference)
+        return {
+            **measures,
             "num_samples": len(samples),
             "sampling_seconds": sampling,
             "evaluation_seconds": time.perf_counter() - start,
@@ -215,7 +223,8 @@ def run_one(run: Run, args, evaluate: Evaluator, results: Dict) -> None:
         train(train_args(options))
         AcceleratorState._reset_state(reset_partial_state=True)
         train_minutes += (time.perf_counter() - start) / 60
-        evaluation = {"step": stage_steps * stage, "train_minutes": train_minutes, **evaluate(output_dir)}
+        final = stage == run.stages  # the FID (Inception: 40 s) at the end of a run, the classifier's at every stage
+        evaluation = {"step": stage_steps * stage, "train_minutes": train_minutes, **evaluate(output_dir, final)}
         record["evaluations"].append(evaluation)
         if stage == 1:
             describe(record, output_dir)
@@ -241,7 +250,7 @@ def describe(record: Dict, output_dir: str) -> None:
         keep, _ = random_token_split(1, tokens, ratio)
         x, t, y = torch.zeros(1, 1, 28, 28), torch.tensor([1]), torch.tensor([0])
         forward = measured_flops(model, x, t, y, True, None, keep) / 1e9
-    record["train_gflops_per_step"] = 3 * forward * 64
+    record["train_gflops_per_step"] = 3 * forward * BATCH
 
 
 def save(results: Dict, path: str) -> None:
@@ -284,7 +293,7 @@ def plot(results: Dict, output: str) -> List[str]:
 
     # Fig. 9: quality against training compute (every evaluation of every DiT run)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for axis, (key, label) in zip(axes, metrics[:2]):
+    for axis, (key, label) in zip(axes, metrics[1:]):  # at every evaluation (the FID: at the ends only)
         for name, record in runs.items():
             if record["group"] not in ("scale", "masked", "unet") or "gflops" not in record:
                 continue
@@ -292,14 +301,15 @@ def plot(results: Dict, output: str) -> List[str]:
             style = "s--" if "masked" in name else ("k*-" if name == "U-Net" else "o-")
             axis.plot(compute, [e[key] for e in record["evaluations"]], style, label=name)
         axis.set(xscale="log", xlabel="training compute (Gflops: 3 x forward x batch x steps)", ylabel=label)
+        axis.set_yscale("log" if key == "frechet_distance" else "linear")
         axis.grid(alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2)
     paths.append(_save(figure, stem + "-compute.png"))
 
     # Fig. 5: the block designs over training
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    designs = {"adaln_zero": "M/4", **{d: f"M/4 {d}" for d in ("adaln", "cross_attention", "in_context")}}
-    for axis, (key, label) in zip(axes, metrics[:2]):
+    designs = {"adaln_zero": "S/4", **{d: f"S/4 {d}" for d in ("adaln", "cross_attention", "in_context")}}
+    for axis, (key, label) in zip(axes, metrics[1:]):
         for design, name in designs.items():
             if name in runs:
                 evaluations = runs[name]["evaluations"]

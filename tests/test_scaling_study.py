@@ -17,17 +17,17 @@ def test_the_study_covers_every_group_the_issue_names():
     runs = {run.name: run for run in study()}
     assert {f"{s}/{p}" for s in SIZES for p in PATCHES} <= set(runs)  # sizes x patches 7, 4, 2
     designs = {model(run).config.block_type for run in runs.values() if run.group == "designs"}
-    assert designs | {model(runs["M/4"]).config.block_type} == {"adaln_zero", "adaln", "cross_attention", "in_context"}
-    assert runs["M/4"].stages == 4 and all(r.stages == 4 for r in runs.values() if r.group == "designs")
+    assert designs | {model(runs["S/4"]).config.block_type} == {"adaln_zero", "adaln", "cross_attention", "in_context"}
+    assert runs["S/4"].stages == 4 and all(r.stages == 4 for r in runs.values() if r.group == "designs")
     masked = [r for r in runs.values() if r.group == "masked"]
-    assert sorted((r.mask_ratio, r.budget) for r in masked) == [(0.0, 2.0), (0.5, 1.0), (0.5, 2.0)]  # + M/4 at 1x
+    assert sorted((r.mask_ratio, r.budget) for r in masked) == [(0.0, 2.0), (0.5, 1.0), (0.5, 2.0)]  # + S/4 at 1x
 
 
 def test_the_unet_stands_at_the_gflops_of_the_dit_it_is_compared_with():
     runs = {run.name: run for run in study()}
     unet = model(runs["U-Net"])
     assert isinstance(unet, ClassConditionalUNet)
-    assert unet.gflops() == pytest.approx(model(runs["M/2"]).gflops(), rel=0.01)
+    assert unet.gflops() == pytest.approx(model(runs["S/2"]).gflops(), rel=0.01)
 
 
 def test_a_masked_run_fine_tunes_unmasked_for_the_last_five_percent_of_its_steps():
