@@ -20,7 +20,7 @@ def test_the_study_covers_every_group_the_issue_names():
     assert designs | {model(runs["S/4"]).config.block_type} == {"adaln_zero", "adaln", "cross_attention", "in_context"}
     assert runs["S/4"].stages == 4 and all(r.stages == 4 for r in runs.values() if r.group == "designs")
     masked = [r for r in runs.values() if r.group == "masked"]
-    assert sorted((r.mask_ratio, r.budget) for r in masked) == [(0.0, 0.5), (0.5, 0.5), (0.5, 1.0)]  # + S/4 at 1x
+    assert sorted((r.mask_ratio, r.budget) for r in masked) == [(0.0, 2.0), (0.5, 1.0), (0.5, 2.0)]  # + S/4 at 1x
 
 
 def test_the_unet_stands_at_the_gflops_of_the_dit_it_is_compared_with():
