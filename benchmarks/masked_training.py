@@ -11,7 +11,6 @@ encoder with the decoder `train_dit.py --mask_ratio` builds, at ratio 0: its unm
 """
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -19,6 +18,7 @@ import time
 import torch
 
 from dit_pipelines import DiTDDPMScheduler, DiTModel
+from dit_pipelines.atomic_files import write_json
 from dit_pipelines.training.masking import masked_diffusion_loss
 
 DEMO = dict(sample_size=28, patch_size=4, in_channels=1, hidden_size=64, depth=6, num_heads=2, num_classes=10)
@@ -99,8 +99,7 @@ def main(args) -> dict:
         f"{results['speedup_vs_maskdit_unmasked']:.2f}x the same model unmasked"
     )
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.output, results, indent=2)
     return results
 
 

@@ -212,13 +212,13 @@ def run_one(run: Run, args, evaluate: Evaluator, results: Dict) -> None:
         "steps": steps,
         "evaluations": [],
     }
+    # the unmasked fine-tuning belongs to the end of the whole run: a masked run trains in one stage
+    assert not run.mask_ratio or run.stages == 1
     train_minutes = 0.0
     for stage in range(1, run.stages + 1):
         options = train_arguments(run, output_dir, stage_steps * stage, stage_steps, args.seed)
         if stage > 1:
             options += ["--resume_from_checkpoint", "latest"]
-        if run.mask_ratio:  # the unmasked fine-tuning belongs to the end of the whole run (one stage)
-            assert run.stages == 1
         start = time.perf_counter()
         train(train_args(options))
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -254,9 +254,10 @@ def describe(record: Dict, output_dir: str) -> None:
 
 
 def save(results: Dict, path: str) -> None:
+    from dit_pipelines.atomic_files import write_json
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(path, results, indent=2)  # whole or not at all: the study rewrites it after every evaluation
 
 
 def plot(results: Dict, output: str) -> List[str]:
@@ -345,12 +346,10 @@ def table(results: Dict) -> str:
 
 
 def main(args) -> Dict:
+    from dit_pipelines.atomic_files import read_json
     from dit_pipelines.pypi_files import cache_dir
 
-    results = {"runs": {}}
-    if os.path.exists(args.output):
-        with open(args.output) as f:
-            results = json.load(f)
+    results = read_json(args.output) or {"runs": {}}
     if not args.plots_only:
         args.work_dir = args.work_dir or str(cache_dir() / "scaling")
         results.update(
