@@ -92,6 +92,25 @@ def test_hybrid_loss_matches_a_float64_recomputation(t):
     assert losses.loss.item() == pytest.approx(expected_mse + expected_vlb, rel=1e-7)
 
 
+def test_vlb_of_a_mixed_batch_equals_each_sample_alone():
+    """L_0 (the decoder NLL) is computed only for the samples at t = 0; each row must still be its own L_t, and the
+    variance of a t = 0 row must get the decoder's gradient."""
+    scheduler = DiTDDPMScheduler()
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randint(0, 256, (5, 2, 3, 3), generator=g).double() / 127.5 - 1
+    noise = torch.randn(5, 2, 3, 3, generator=g, dtype=torch.float64)
+    out = torch.cat([noise + 0.1 * torch.randn_like(noise), torch.rand_like(noise) * 2 - 1], 1).requires_grad_()
+    timesteps = torch.tensor([0, 5, 0, 999, 1])
+    batch = scheduler.training_loss(out, x0, noise, timesteps).vlb
+    alone = [
+        scheduler.training_loss(out[i : i + 1], x0[i : i + 1], noise[i : i + 1], timesteps[i : i + 1]).vlb
+        for i in range(5)
+    ]
+    torch.testing.assert_close(batch, torch.cat(alone), rtol=1e-12, atol=0)
+    (gradient,) = torch.autograd.grad(batch[0] + batch[2], out)
+    assert gradient[[0, 2], 2:].abs().sum() > 0 and gradient[[1, 3, 4]].abs().sum() == 0
+
+
 def test_vlb_trains_the_variance_but_not_the_mean():
     scheduler = DiTDDPMScheduler()
     x0, noise = torch.rand(4, 3, 4, 4) * 2 - 1, torch.randn(4, 3, 4, 4)

@@ -66,11 +66,15 @@ def random_token_split(
 
 def patch_tokens(x: torch.Tensor, patch_size: int, indices: torch.Tensor) -> torch.Tensor:
     """The patches of `x` (N, C, H, W) at `indices` (N, K) (row-major token order) as (N, C, K, p·p): channels stay
-    the second dimension, so the scheduler's losses take them as they take images."""
+    the second dimension, so the scheduler's losses take them as they take images. One gather of the patches'
+    pixels from the flattened image (no patchified copy of the whole image: the loss's largest cost)."""
     n, c, h, w = x.shape
     p = patch_size
-    patches = x.reshape(n, c, h // p, p, w // p, p).permute(0, 1, 2, 4, 3, 5).reshape(n, c, -1, p * p)
-    return patches.gather(2, indices[:, None, :, None].expand(-1, c, -1, p * p))
+    rows, columns = indices // (w // p), indices % (w // p)
+    offsets = torch.arange(p, device=x.device)
+    within = (offsets[:, None] * w + offsets[None, :]).flatten()  # a patch's pixels, relative to its top-left one
+    pixels = ((rows * p * w + columns * p)[..., None] + within).flatten(1)  # (N, K·p·p)
+    return x.flatten(2).gather(2, pixels[:, None].expand(-1, c, -1)).view(n, c, indices.shape[1], p * p)
 
 
 def mae_loss(prediction: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
