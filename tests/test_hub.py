@@ -263,6 +263,7 @@ def test_model_card_is_filled_from_the_run_folder(tmp_path):
     assert "| hidden_size | 32 |" in text and "| timestep_respacing | 3 |" in text
     gflops = DiffusionPipeline.from_pretrained(folder).transformer.gflops()
     assert "| block_type | adaln_zero |" in text and f"counted as DiT's Table 4) | {gflops:.4g} |" in text
+    assert "decoder_depth" not in text  # no MaskDiT decoder, no row
     with pytest.raises(ValueError, match="is not a saved pipeline"):
         model_card(str(tmp_path), "tester/x")
 

@@ -6,6 +6,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from dit_pipelines import DiTDDPMScheduler
+from dit_pipelines.hub import model_card
 from dit_pipelines.models import BLOCK_TYPES
 from dit_pipelines.models.flops import measured_flops
 from dit_pipelines.training.masking import (
@@ -170,6 +171,8 @@ def test_train_dit_trains_masked_then_unmasked_and_saves_the_decoder(bars, tmp_p
     # MaskDiT's proportions by default: a quarter of the depth (at least 1), half the width
     assert (model.config.decoder_depth, model.config.decoder_hidden_size) == (1, 16)
     assert "Gflops per image" in capsys.readouterr().out
+    card = model_card(out, "tester/masked").content  # the decoder is part of the model the card describes
+    assert "| decoder_depth | 1 |" in card and "| decoder_hidden_size | 16 |" in card
     images = pipe(["h", "v"], output_type="np", generator=torch.manual_seed(0)).images
     assert images.shape == (2, 8, 8, 1)
 

@@ -64,6 +64,8 @@ def test_a_few_training_steps_lower_the_loss():
 def test_what_a_unet_cannot_do_is_refused():
     with pytest.raises(ValueError, match="sample_size 28 must be divisible by 8 for 4 U-Net levels"):
         ClassConditionalUNet.for_images(28, 1, 10, block_out_channels=(8, 16, 16, 16))
+    with pytest.raises(ValueError, match=r"widths \(16, 24\) must be multiples of attention_head_dim \(32\)"):
+        ClassConditionalUNet.for_images(28, 1, 10, block_out_channels=(8, 16, 24))  # 0 heads at 16 otherwise
     pipe = DiTImagePipeline(tiny_unet(), DiTDDPMScheduler(timestep_respacing="4"))
     pipe.set_progress_bar_config(disable=True)
     with pytest.raises(ValueError, match="reuses transformer blocks; the U-Net has none"):

@@ -146,6 +146,9 @@ def model_card(
         ["text_embed_dim", "pooled_text_conditioning"] if text else ["num_classes", "class_dropout_prob"]
     )
     model_rows = [(k, transformer[k]) for k in model_keys if k in transformer]
+    if transformer.get("decoder_depth"):  # a MaskDiT decoder (masked training): its width defaults to the model's
+        width = transformer.get("decoder_hidden_size") or transformer["hidden_size"]
+        model_rows += [("decoder_depth", transformer["decoder_depth"]), ("decoder_hidden_size", width)]
     if transformer.get("_class_name") in ("DiTModel", "ClassConditionalUNet"):
         gflops = saved_config_gflops(transformer)
         model_rows.append(("Gflops per image (forward, counted as DiT's Table 4)", f"{gflops:.4g}"))

@@ -55,6 +55,12 @@ class ClassConditionalUNet(UNet2DModel):
                 f"sample_size {sample_size} must be divisible by {multiple} for {levels} U-Net levels "
                 f"(block_out_channels={tuple(block_out_channels)}); use fewer levels."
             )
+        attended = tuple(block_out_channels[1:]) or tuple(block_out_channels)  # the levels with attention, the middle
+        if any(c % attention_head_dim for c in attended):
+            raise ValueError(
+                f"The attended levels' widths {attended} must be multiples of attention_head_dim "
+                f"({attention_head_dim}): diffusers gives a level width // attention_head_dim heads."
+            )
         groups = norm_num_groups or next(g for g in (32, 16, 8, 4, 2, 1) if all(c % g == 0 for c in block_out_channels))
         return cls(
             sample_size=sample_size,
