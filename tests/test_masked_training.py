@@ -5,9 +5,11 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
-from dit_pipelines import DiTDDPMScheduler
+from dit_pipelines import DiTDDPMScheduler, VideoDiTModel
+from dit_pipelines.conversion import dit_to_diffusers, dit_to_original_state_dict
 from dit_pipelines.hub import model_card
 from dit_pipelines.models import BLOCK_TYPES
+from dit_pipelines.models.embeddings import sincos_2d
 from dit_pipelines.models.flops import measured_flops
 from dit_pipelines.training.masking import (
     MAE_WEIGHT,
@@ -15,10 +17,12 @@ from dit_pipelines.training.masking import (
     random_token_split,
     visible_tokens,
 )
+from training import train_dit
 from training.train_dit import main, parse_args
 
 from .conftest import hybrid_losses
-from .test_training import bars, fresh_accelerate_state, tiny_args  # noqa: F401 (fixtures)
+from .launching import finish, launch
+from .test_training import SCRIPT, bars, fresh_accelerate_state, tiny_args  # noqa: F401 (fixtures)
 
 
 def inputs(n: int = 3):
@@ -34,17 +38,25 @@ def test_the_decoder_restores_the_sequence_and_keeping_every_token_changes_nothi
 ):
     model = tiny_dit(block_type=block_type, decoder_depth=1, decoder_hidden_size=decoder_hidden_size)
     x, t, y = inputs()
-    keep, _ = random_token_split(3, 16, 0.5, generator=torch.Generator().manual_seed(0))
+    keep, dropped = random_token_split(3, 16, 0.5, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
+        model.mask_token.normal_()
         full = model(x, t, y).sample
         # every token kept through the masked path: bit for bit the plain forward
         identity = model(x, t, y, keep_indices=torch.arange(16).expand(3, -1)).sample
         masked = model(x, t, y, keep_indices=keep).sample
         encoded = model.blocks[0](torch.randn(3, 8, 32), model.condition(t, y)) if block_type != "in_context" else None
-        restored, _ = model.restore_tokens(torch.randn(3, 8, 32), model.condition(t, y), keep, 4, 4)
+        tokens, condition = torch.randn(3, 8, 32), model.condition(t, y)
+        restored, _ = model.restore_tokens(tokens, condition, keep, 4, 4)
+        bridged = model.decoder_embed(tokens, condition if model.final_layer.adaptive else None)
     assert torch.equal(identity, full)
     assert masked.shape == full.shape == (3, 8, 8, 8) and not torch.equal(masked, full)
     assert restored.shape == (3, 16, decoder_hidden_size or 32)  # 8 kept tokens back to the 4x4 grid
+    positions = sincos_2d(decoder_hidden_size or 32, 4, 4)  # the decoder's own, at its width
+    for sample in range(3):  # each kept token at its place, the mask token at the dropped ones, plus positions
+        kept, lost = keep[sample], dropped[sample]
+        torch.testing.assert_close(restored[sample, kept], bridged[sample] + positions[kept])
+        torch.testing.assert_close(restored[sample, lost], model.mask_token[0].expand(8, -1) + positions[lost])
     assert encoded is None or encoded.shape == (3, 8, 32)
     # the decoder is counted as torch counts it
     assert model.gflops() * 1e9 == measured_flops(model, x[:1], t[:1], y[:1])
@@ -98,7 +110,8 @@ def test_the_masked_loss_is_the_diffusion_loss_on_visible_pixels_plus_the_mae_te
     reconstruction of the per-patch normalised x_t at the dropped patches."""
     model = tiny_dit(decoder_depth=1)
     scheduler = DiTDDPMScheduler(variance_type="learned_range")
-    x0, t, y = inputs()
+    x0, _, y = inputs()
+    t = torch.tensor([0, 500, 900])  # t = 0: the decoder NLL, the VLB's other branch
     noise = torch.randn_like(x0)
     losses = masked_diffusion_loss(model, scheduler, x0, noise, t, y, 0.5, generator=torch.Generator().manual_seed(3))
     keep, dropped = random_token_split(3, 16, 0.5, generator=torch.Generator().manual_seed(3))
@@ -112,6 +125,13 @@ def test_the_masked_loss_is_the_diffusion_loss_on_visible_pixels_plus_the_mae_te
             visible[2 * row : 2 * row + 2, 2 * column : 2 * column + 2] = True
         mse = ((output[sample, :4] - noise[sample]) ** 2)[:, visible].mean()
         torch.testing.assert_close(losses.mse[sample], mse)
+        vlb = []  # each visible patch as an image of its own: the VLB's mean over the visible pixels
+        for token in keep[sample].tolist():
+            row, column = divmod(token, 4)
+            rows, columns = slice(2 * row, 2 * row + 2), slice(2 * column, 2 * column + 2)
+            patch = [z[sample : sample + 1, :, rows, columns] for z in (output, x0, noise)]
+            vlb.append(scheduler.training_loss(*patch, t[sample : sample + 1]).vlb)
+        torch.testing.assert_close(losses.vlb[sample], torch.cat(vlb).mean())
         errors = []
         for token in dropped[sample].tolist():
             row, column = divmod(token, 4)
@@ -121,8 +141,8 @@ def test_the_masked_loss_is_the_diffusion_loss_on_visible_pixels_plus_the_mae_te
                 ((output[sample, :4, 2 * row : 2 * row + 2, 2 * column : 2 * column + 2] - target) ** 2).mean()
             )
         torch.testing.assert_close(losses.mae[sample], torch.stack(errors).mean())
-    vlb_part = losses.loss - losses.mse - MAE_WEIGHT * losses.mae
-    assert torch.all(vlb_part > 0) and not torch.allclose(vlb_part, full.loss - full.mse)  # the VLB, visible only
+    torch.testing.assert_close(losses.loss, losses.mse + losses.vlb + MAE_WEIGHT * losses.mae)  # λ T = 1: DiT's
+    assert not torch.allclose(losses.vlb, full.vlb)  # the VLB of the visible patches, not of the image
 
 
 def test_masked_steps_lower_the_loss(tiny_dit):
@@ -177,12 +197,52 @@ def test_train_dit_trains_masked_then_unmasked_and_saves_the_decoder(bars, tmp_p
     assert images.shape == (2, 8, 8, 1)
 
 
+def test_conversions_refuse_a_model_with_a_decoder(tiny_dit):
+    """The original DiT, diffusers' DiTTransformer2DModel and the video DiT have no place for the decoder."""
+    model = tiny_dit(decoder_depth=1)
+    with pytest.raises(ValueError, match="original DiT has no MaskDiT decoder"):
+        dit_to_original_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match="DiTTransformer2DModel has no MaskDiT decoder"):
+        dit_to_diffusers(model)
+    with pytest.raises(ValueError, match="video DiT has no MaskDiT decoder"):
+        VideoDiTModel.from_image_dit(model, sample_frames=2)
+
+
+def test_a_masked_run_masks_every_step_until_its_unmasked_fine_tuning(bars, tmp_path, monkeypatch):  # noqa: F811
+    ratios = []
+
+    def recording(*args, **kwargs):  # train_dit's loss: (model, scheduler, x0, noise, t, labels, ratio, ...)
+        ratios.append(args[6])
+        return masked_diffusion_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_dit, "masked_diffusion_loss", recording)
+    out = tmp_path / "switch"
+    options = "--max_train_steps 4 --mask_ratio 0.5 --unmask_finetune_steps 2 --checkpointing_steps 3".split()
+    main(parse_args(tiny_args(bars, out, *options)))
+    assert ratios == [0.5, 0.5, 0.0, 0.0]
+    ratios.clear()  # resumed after the switch: the step, not the count of steps this process ran, decides
+    main(parse_args(tiny_args(bars, out, *options, "--resume_from_checkpoint", str(out / "checkpoint-3"))))
+    assert ratios == [0.0]
+    ratios.clear()  # an epoch-long run without fine-tuning masks every step
+    main(parse_args(tiny_args(bars, tmp_path / "epoch", "--mask_ratio", "0.5")))
+    assert len(ratios) > 1 and set(ratios) == {0.5}
+
+
+def test_two_process_masked_run_passes_the_unmasked_steps(bars, tmp_path):  # noqa: F811
+    """Under DDP the mask token gets no gradient in the unmasked fine-tuning steps; the run must not stop there."""
+    options = "--max_train_steps 4 --mask_ratio 0.5 --unmask_finetune_steps 2 --checkpointing_steps 4".split()
+    log = finish(launch(SCRIPT, tiny_args(bars, tmp_path / "ddp", *options)), timeout=300)
+    assert log.count("Saved the pipeline") == 1
+    assert DiffusionPipeline.from_pretrained(tmp_path / "ddp").transformer.config.decoder_depth == 1
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
         ("--mask_ratio 1.0", r"must be in \[0, 1\)"),
         ("--mask_ratio 0.5 --architecture unet", "U-Net baseline has none"),
         ("--mask_ratio 0.8 --patch_size 8", "leaves no visible token"),  # 8x8 images: one token
+        ("--mask_ratio 0.5 --patch_size 1", "have a single value"),  # 1 channel, 1x1 patches: MAE cannot normalise
         ("--unmask_finetune_steps 2", "ends a masked run"),
         ("--mask_ratio 0.5 --unmask_finetune_steps 9 --max_train_steps 4", "at most that many"),
     ],

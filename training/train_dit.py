@@ -39,7 +39,7 @@ from dit_pipelines.training import (
     sampling_scheduler_for,
     train,
 )
-from dit_pipelines.training.masking import masked_diffusion_loss, visible_tokens
+from dit_pipelines.training.masking import check_mask_ratio, check_patch_values, masked_diffusion_loss, visible_tokens
 from dit_pipelines.training.validation_fid import ValidationFID, ValidationFIDConfig
 
 
@@ -149,8 +149,7 @@ def build_model(args, in_channels: int, sample_size: int, num_classes: int) -> "
 def check_masking(args) -> None:
     """The `ValueError`s of a masked-training request that cannot run, before any work (the token count is checked
     once the data's size is known)."""
-    if not 0.0 <= args.mask_ratio < 1.0:
-        raise ValueError(f"--mask_ratio must be in [0, 1), got {args.mask_ratio}.")
+    check_mask_ratio(args.mask_ratio)
     if args.mask_ratio and args.architecture == "unet":
         raise ValueError("--mask_ratio drops patch tokens of a DiT; the U-Net baseline has none.")
     if args.unmask_finetune_steps:
@@ -224,6 +223,7 @@ def main(args) -> str:
                 "saved without one cannot train masked)."
             )
         visible_tokens((data.sample_size // model.config.patch_size) ** 2, args.mask_ratio)
+        check_patch_values(model.config.in_channels, model.config.patch_size)
     design = f"DiTModel ({model.config.block_type})" if isinstance(model, DiTModel) else type(model).__name__
     accelerator.print(
         f"{design}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
@@ -237,7 +237,10 @@ def main(args) -> str:
     label_dropout_prob = getattr(model.config, "class_dropout_prob", args.class_dropout_prob)
     null_class = model.num_classes
 
-    unmasked_from = (config.optimization.max_train_steps or 0) - args.unmask_finetune_steps
+    # the step the unmasked fine-tuning starts at (check_masking: --unmask_finetune_steps comes with max_train_steps)
+    unmasked_from = (
+        config.optimization.max_train_steps - args.unmask_finetune_steps if args.unmask_finetune_steps else None
+    )
 
     def loss_fn(model, batch, step):
         x0, labels = data.to_model_input(batch, accelerator.device)
@@ -245,7 +248,7 @@ def main(args) -> str:
         t = torch.randint(0, objective.num_train_timesteps, (x0.shape[0],), device=x0.device)
         labels = drop_labels(labels, torch.rand(len(labels), device=labels.device), label_dropout_prob, null_class)
         if args.mask_ratio:  # MaskDiT; its last --unmask_finetune_steps see every token
-            ratio = args.mask_ratio if step < unmasked_from else 0.0
+            ratio = args.mask_ratio if unmasked_from is None or step < unmasked_from else 0.0
             patch = accelerator.unwrap_model(model).config.patch_size
             return masked_diffusion_loss(
                 model, noise_scheduler, x0, noise, t, labels, ratio, objective.vlb_weight, patch_size=patch

@@ -52,6 +52,8 @@ def original_to_dit_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateD
 
 def dit_to_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     """A `DiTModel` state dict (adaLN-Zero blocks) in the original DiT's names, loadable by its `models.py`."""
+    if any(name.startswith(("decoder_", "mask_token")) for name in state_dict):
+        raise ValueError("The original DiT has no MaskDiT decoder; this state dict has one (decoder_depth > 0).")
     return _rename(state_dict, _OURS_TO_ORIGINAL)
 
 
@@ -206,6 +208,10 @@ def dit_to_diffusers(model: DiTModel) -> DiTTransformer2DModel:
     c = model.config
     if c.block_type != "adaln_zero":
         raise ValueError(f"diffusers' DiTTransformer2DModel has adaLN-Zero blocks; this model's are {c.block_type!r}.")
+    if c.decoder_depth:
+        raise ValueError(
+            "diffusers' DiTTransformer2DModel has no MaskDiT decoder; this model has one (decoder_depth > 0)."
+        )
     if c.timestep_freq_shift != 1.0:
         logger.warning(
             "diffusers' DiTTransformer2DModel uses timestep frequency shift 1, this model %s: outputs will differ "

@@ -178,6 +178,8 @@ class VideoDiTModel(ModelMixin, ConfigMixin, DiTCacheMixin, PeftAdapterMixin):
         if attention_layout == "full":
             raise ValueError("attention_layout='full' mixes frames in every block: it cannot start as the image model.")
         c = dit.config
+        if c.decoder_depth:
+            raise ValueError("A video DiT has no MaskDiT decoder to start from: the image DiT has decoder_depth > 0.")
         if conditioning == "text" and not dit.has_null_class:
             raise ValueError("A text-conditioned video DiT starts from the image DiT's null class, which it lacks.")
         video = cls(

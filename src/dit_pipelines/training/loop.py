@@ -9,9 +9,16 @@ from typing import Callable, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    DistributedType,
+    ProjectConfiguration,
+    gather_object,
+    set_seed,
+)
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from diffusers.utils import is_torch_version
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -97,7 +104,8 @@ def _fused_adamw(accelerator: Accelerator, parameters) -> Optional[bool]:
     runs. On the CPU the default is a loop over the parameters: 9.2 ms a step for a width-64, 6-block DiT against 2.0 ms
     fused (`benchmarks/masked_training.py`, where it is 6-8% of a training step). None: torch's default."""
     plain = accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
-    supported = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in parameters)
+    devices = ("cpu", "cuda") if is_torch_version(">=", "2.4") else ("cuda",)  # torch's fused CPU kernel: 2.4 on
+    supported = all(p.device.type in devices and p.is_floating_point() for p in parameters)
     return True if plain and supported and parameters else None
 
 
@@ -191,6 +199,10 @@ def train(
     names = [name for name, _ in averaged(model)]
     if accelerator.distributed_type == DistributedType.FSDP:
         broadcast_from_main(model, accelerator.device)
+    if getattr(getattr(model, "config", None), "decoder_depth", 0) and accelerator.ddp_handler is None:
+        # a MaskDiT decoder's mask token gets no gradient in an unmasked step (the closing fine-tuning): DDP, which
+        # otherwise waits for every parameter's gradient, must look for the unused ones
+        accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     unwrapped = accelerator.unwrap_model(model)
     # the EMA of the prepared parameters: under FSDP each process keeps the EMA of its own shards (elementwise, so

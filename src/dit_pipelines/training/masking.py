@@ -33,11 +33,26 @@ from ..schedulers.losses import DiffusionLoss
 MAE_WEIGHT = 0.1  # λ_MAE of MaskDiT
 
 
+def check_mask_ratio(mask_ratio: float) -> None:
+    """A `ValueError` for a mask ratio outside [0, 1)."""
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"The mask ratio must be in [0, 1), got {mask_ratio}.")
+
+
+def check_patch_values(channels: int, patch_size: int) -> None:
+    """A `ValueError` for patches of a single value (1 channel, 1x1 patches): MAE's per-patch normalisation (an
+    unbiased variance over the patch) has nothing to normalise."""
+    if channels * patch_size**2 < 2:
+        raise ValueError(
+            f"Masked training normalises each patch (MAE): patches of {channels} channel(s) x {patch_size}x"
+            f"{patch_size} pixels have a single value. Use patches of 2x2 or more."
+        )
+
+
 def visible_tokens(tokens: int, mask_ratio: float) -> int:
     """How many of `tokens` patch tokens the encoder sees at `mask_ratio` (MAE: int(T · (1 - r))); a `ValueError`
     for a ratio outside [0, 1) or one that leaves no token visible."""
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"The mask ratio must be in [0, 1), got {mask_ratio}.")
+    check_mask_ratio(mask_ratio)
     visible = int(tokens * (1.0 - mask_ratio))
     if visible < 1:
         raise ValueError(
@@ -104,6 +119,7 @@ def masked_diffusion_loss(
     `mae_loss` on the masked ones. At `mask_ratio` 0 it is `training_loss` of the plain forward, exactly.
     `patch_size`: the model's (pass it for a wrapped model, e.g. under DDP)."""
     p = patch_size or model.config.patch_size
+    check_patch_values(x0.shape[1], p)
     tokens = (x0.shape[-2] // p) * (x0.shape[-1] // p)
     split = random_token_split(x0.shape[0], tokens, mask_ratio, x0.device, generator)
     x_t = noise_scheduler.add_noise(x0, noise, timesteps)
