@@ -228,12 +228,12 @@ def run_one(run: Run, args, evaluate: Evaluator, results: Dict) -> None:
         evaluation = {"step": stage_steps * stage, "train_minutes": train_minutes, **evaluate(output_dir, final)}
         record["evaluations"].append(evaluation)
         if stage == 1:
-            describe(record, output_dir)
+            describe(record, output_dir, run.mask_ratio)
         print(f"{run.name} step {evaluation['step']}: " + json.dumps({k: round(v, 3) for k, v in evaluation.items()}))
         save(results, args.output)
 
 
-def describe(record: Dict, output_dir: str) -> None:
+def describe(record: Dict, output_dir: str, mask_ratio: float) -> None:
     """Parameters and Gflops of the saved model; the training compute per step (paper Fig. 9: 3 x forward Gflops x
     batch; a masked step's forward counted at its visible tokens)."""
     from diffusers import DiffusionPipeline
@@ -245,10 +245,9 @@ def describe(record: Dict, output_dir: str) -> None:
     record["parameters"] = sum(p.numel() for p in model.parameters())
     record["gflops"] = model.gflops()
     forward = record["gflops"]
-    ratio = next((float(v) for k, v in zip(record["options"], record["options"][1:]) if k == "--mask_ratio"), 0.0)
-    if ratio:
+    if mask_ratio:
         tokens = (28 // model.config.patch_size) ** 2
-        keep, _ = random_token_split(1, tokens, ratio)
+        keep, _ = random_token_split(1, tokens, mask_ratio)
         x, t, y = torch.zeros(1, 1, 28, 28), torch.tensor([1]), torch.tensor([0])
         forward = measured_flops(model, x, t, y, True, None, keep) / 1e9
     record["train_gflops_per_step"] = 3 * forward * BATCH
