@@ -2,7 +2,7 @@
 size and patch size against quality (Fig. 2/6), quality against training compute (Fig. 9), the four block designs
 over training (Fig. 5), the U-Net baseline at matched Gflops, and masked training (MaskDiT) at two budgets.
 
-    python benchmarks/scaling.py                           # the whole study: about an hour on 2 CPU cores
+    python benchmarks/scaling.py                           # the whole study: about 75 min on 2 CPU cores
     python benchmarks/scaling.py --groups designs unet     # some groups
     python benchmarks/scaling.py --plots_only              # redraw the plots from the JSON
 
